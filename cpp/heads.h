@@ -1,0 +1,66 @@
+// Medusa head evaluation on the CPU: residual blocks, then a vocabulary projection reduced to top-k on the fly.
+//
+// Python hands over the final-norm hidden state(s) of the backbone; only token ids and scores come back, never a
+// full vocabulary of logits. Heads that share a projection (the backbone's own output matrix, "Medusa v2" style)
+// are evaluated as one M-row product so the large matrix is streamed once per step.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace medusa {
+
+enum class DType : int { F32 = 0, F16 = 1, I8 = 2 };
+
+// A [rows, cols] weight matrix. I8 rows carry one float scale each (symmetric, absmax / 127).
+struct Matrix {
+    int rows = 0, cols = 0;
+    DType dtype = DType::F32;
+    std::vector<float> f32;
+    std::vector<uint16_t> f16;
+    std::vector<int8_t> i8;
+    std::vector<float> scale;
+};
+
+// x <- x + W_out * SiLU(W_in * x + b_in). FasterDecoding/Medusa's ResBlock is the case without W_out
+// (inner == hidden, identity output); MedusaBitNet's heads have W_out and no bias.
+struct Block {
+    int inner = 0;
+    std::vector<float> w_in;   // [inner, hidden]
+    std::vector<float> b_in;   // [inner] or empty
+    std::vector<float> w_out;  // [hidden, inner] or empty
+};
+
+struct Head {
+    std::vector<Block> blocks;
+    int proj = 0;
+};
+
+class HeadsEngine {
+public:
+    HeadsEngine(int hidden, int n_threads);
+
+    int add_projection(Matrix m);
+    void add_head(Head h);
+
+    int hidden() const { return hidden_; }
+    int n_heads() const { return (int)heads_.size(); }
+    int vocab() const;
+    int n_threads() const { return n_threads_; }
+    void set_n_threads(int n) { n_threads_ = n < 1 ? 1 : n; }
+
+    // hidden: [n, H]. states: [n, K, H] = each head's residual output.
+    void head_states(const float* hidden, int n, float* states) const;
+    // ids/scores: [n, K, k], best first. Scores are the head's raw logits.
+    void topk(const float* hidden, int n, int k, int32_t* ids, float* scores) const;
+    // Full logits of one projection for m vectors [m, H] -> [m, V] (tests and training only).
+    void project(int proj, const float* x, int m, float* logits) const;
+
+private:
+    int hidden_;
+    int n_threads_;
+    std::vector<Matrix> projs_;
+    std::vector<Head> heads_;
+};
+
+}  // namespace medusa

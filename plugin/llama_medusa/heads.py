@@ -1,0 +1,275 @@
+"""Medusa heads: one in-memory form, three file formats, and the native engine that evaluates them.
+
+In memory a head is a list of residual blocks ``x <- x + W_out . SiLU(W_in . x + b_in)`` followed by a vocabulary
+projection, either its own ``[vocab, hidden]`` matrix or the backbone's output matrix shared by all heads.
+FasterDecoding/Medusa's ResBlock is the block without W_out; MedusaBitNet's is the one without a bias.
+
+File formats (detected from the bytes, not the name):
+1. FasterDecoding/Medusa safetensors: ``medusa_lm_head.safetensors`` (+ ``config.json`` beside it), keys
+   ``{i}.{j}.linear.weight|bias`` and ``{i}.{L}.weight`` (or the same under ``medusa_head.`` in a full model).
+   Heads are counted from the tensors: released configs under-report them.
+2. MedusaBitNet heads embedded in a GGUF: ``medusa.head.{k}.layer.{l}.w_in.weight`` / ``w_out.weight``, metadata
+   ``medusa.n_heads``, ``medusa.n_layers_per_head``, ``medusa.hidden_size``; the projection is the backbone's.
+3. This project's own safetensors (see README "Heads format"): ``head.{k}.block.{l}.w_in|b_in|w_out`` and an
+   optional ``head.{k}.proj``, with JSON metadata under the key ``llama_medusa``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+Block = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]  # (w_in, b_in, w_out)
+
+FORMAT_KEY = "llama_medusa"
+FORMAT_VERSION = 1
+PROJ_DTYPES = ("f32", "f16", "i8")
+
+_PICKLE_HINT = (
+    "{path} is a PyTorch pickle; llama-medusa never unpickles files (a pickle can run arbitrary code). Convert it "
+    "once with PyTorch: python -c \"import torch; from safetensors.torch import save_file; "
+    "save_file({{k: v.float().contiguous() for k, v in torch.load('{path}', map_location='cpu').items()}}, "
+    "'medusa_lm_head.safetensors')\" and keep config.json beside it."
+)
+
+
+@dataclass
+class MedusaHeads:
+    """K heads: ``blocks[k]`` residual blocks each, and ``proj[k]`` (None = share the backbone's output matrix)."""
+
+    blocks: List[List[Block]]
+    proj: List[Optional[np.ndarray]]
+    hidden_size: int
+    source: str = "<memory>"
+    format: str = "llama-medusa"
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.blocks:
+            raise ValueError(f"{self.source}: no Medusa heads found")
+        if len(self.proj) != len(self.blocks):
+            raise ValueError(f"{self.source}: {len(self.blocks)} heads but {len(self.proj)} projections")
+        H = self.hidden_size
+        for k, head in enumerate(self.blocks):
+            for l, (w_in, b_in, w_out) in enumerate(head):
+                inner = w_in.shape[0]
+                ok = w_in.ndim == 2 and w_in.shape[1] == H
+                ok = ok and (b_in is None or b_in.shape == (inner,))
+                ok = ok and (w_out.shape == (H, inner) if w_out is not None else inner == H)
+                if not ok:
+                    raise ValueError(
+                        f"{self.source}: head {k} block {l} has shapes w_in {w_in.shape}, "
+                        f"b_in {None if b_in is None else b_in.shape}, w_out {None if w_out is None else w_out.shape}; "
+                        f"they do not fit hidden size {H}"
+                    )
+        vocabs = {p.shape[0] for p in self.proj if p is not None}
+        for k, p in enumerate(self.proj):
+            if p is not None and (p.ndim != 2 or p.shape[1] != H):
+                raise ValueError(f"{self.source}: head {k} projection has shape {p.shape}, expected [vocab, {H}]")
+        if len(vocabs) > 1:
+            raise ValueError(f"{self.source}: head projections disagree on the vocabulary size: {sorted(vocabs)}")
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def shared_projection(self) -> bool:
+        return any(p is None for p in self.proj)
+
+    @property
+    def vocab_size(self) -> Optional[int]:
+        """The heads' own vocabulary size, or None when they only use the backbone's projection."""
+        return next((p.shape[0] for p in self.proj if p is not None), None)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str, model_path: Optional[str] = None) -> "MedusaHeads":
+        """Loads any supported heads file (or a directory holding one). Formats are told apart by their bytes."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            for name in ("medusa_lm_head.safetensors", "model.safetensors", "heads.safetensors"):
+                if os.path.exists(os.path.join(path, name)):
+                    return cls.load(os.path.join(path, name), model_path)
+            pickles = [n for n in ("medusa_lm_head.pt", "pytorch_model.bin") if os.path.exists(os.path.join(path, n))]
+            if pickles:
+                raise ValueError(_PICKLE_HINT.format(path=os.path.join(path, pickles[0])))
+            raise ValueError(f"{path}: no Medusa heads file in this directory (looked for medusa_lm_head.safetensors)")
+        if not os.path.exists(path):
+            raise ValueError(f"Medusa heads file does not exist: {path}")
+        with open(path, "rb") as f:
+            magic = f.read(9)
+        if magic[:4] == b"GGUF":
+            from .gguf_heads import load_gguf_heads
+
+            return load_gguf_heads(path)
+        if magic[:2] == b"PK" or magic[:1] == b"\x80":
+            raise ValueError(_PICKLE_HINT.format(path=path))
+        if len(magic) == 9 and magic[8:9] == b"{":
+            return _load_safetensors(path)
+        raise ValueError(f"{path}: not a safetensors or GGUF file (unrecognised header {magic[:8]!r})")
+
+    # ------------------------------------------------------------------ saving (own format)
+    def save(self, path: str, extra_meta: Optional[Dict[str, Any]] = None) -> None:
+        from safetensors.numpy import save_file
+
+        tensors: Dict[str, np.ndarray] = {}
+        for k, head in enumerate(self.blocks):
+            for l, (w_in, b_in, w_out) in enumerate(head):
+                tensors[f"head.{k}.block.{l}.w_in"] = np.ascontiguousarray(w_in)
+                if b_in is not None:
+                    tensors[f"head.{k}.block.{l}.b_in"] = np.ascontiguousarray(b_in)
+                if w_out is not None:
+                    tensors[f"head.{k}.block.{l}.w_out"] = np.ascontiguousarray(w_out)
+            if self.proj[k] is not None:
+                tensors[f"head.{k}.proj"] = np.ascontiguousarray(self.proj[k])
+        meta = dict(self.meta)
+        meta.update(extra_meta or {})
+        meta.update(
+            version=FORMAT_VERSION,
+            n_heads=self.n_heads,
+            hidden_size=self.hidden_size,
+            projection="shared" if self.shared_projection else "own",
+        )
+        save_file(tensors, path, metadata={FORMAT_KEY: json.dumps(meta)})
+
+    # ------------------------------------------------------------------ binding to a model
+    def check_model(self, n_embd: int, n_vocab: int) -> None:
+        if self.hidden_size != n_embd:
+            raise ValueError(
+                f"Medusa heads {self.source} have hidden size {self.hidden_size}, but the model's is {n_embd}: "
+                "these heads were trained for another model"
+            )
+        if self.vocab_size is not None and self.vocab_size != n_vocab:
+            raise ValueError(
+                f"Medusa heads {self.source} project onto {self.vocab_size} tokens, but the model's vocabulary has "
+                f"{n_vocab}: these heads were trained for another model"
+            )
+        expect = self.meta.get("n_vocab")
+        if expect is not None and int(expect) != n_vocab:
+            raise ValueError(
+                f"Medusa heads {self.source} were trained on a model with a {expect}-token vocabulary, "
+                f"this model has {n_vocab}"
+            )
+
+    def engine(self, model_path: Optional[str], n_embd: int, n_vocab: int, proj_dtype: str = "i8",
+               n_threads: int = 0, backbone_proj: Optional[np.ndarray] = None):
+        """Builds the native evaluator. The shared projection is read from the model GGUF unless given."""
+        from . import _native
+
+        self.check_model(n_embd, n_vocab)
+        if proj_dtype not in PROJ_DTYPES:
+            raise ValueError(f"medusa projection dtype must be one of {PROJ_DTYPES}, got {proj_dtype!r}")
+        eng = _native.HeadsEngine(self.hidden_size, n_threads)
+        ids: Dict[int, int] = {}
+        shared_id = None
+        for k in range(self.n_heads):
+            p = self.proj[k]
+            if p is None:
+                if shared_id is None:
+                    if backbone_proj is None:
+                        if model_path is None:
+                            raise ValueError("these heads share the backbone's output matrix: a model path is needed")
+                        from .gguf_heads import read_output_matrix
+
+                        backbone_proj = read_output_matrix(model_path)
+                    if backbone_proj.shape != (n_vocab, n_embd):
+                        raise ValueError(
+                            f"the model's output matrix has shape {backbone_proj.shape}, expected ({n_vocab}, {n_embd})"
+                        )
+                    shared_id = eng.add_projection(*convert_projection(backbone_proj, proj_dtype))
+                pid = shared_id
+            else:
+                if id(p) not in ids:
+                    ids[id(p)] = eng.add_projection(*convert_projection(p, proj_dtype))
+                pid = ids[id(p)]
+            eng.add_head([(w_in, b_in, w_out) for (w_in, b_in, w_out) in self.blocks[k]], pid)
+        return eng
+
+
+def convert_projection(w: np.ndarray, dtype: str):
+    """[vocab, hidden] float matrix -> (weights, scales or None) in the engine's storage type."""
+    w = np.asarray(w, dtype=np.float32)
+    if dtype == "f32":
+        return np.ascontiguousarray(w), None
+    if dtype == "f16":
+        return np.ascontiguousarray(w.astype(np.float16)), None
+    return quantize_rows_i8(w)
+
+
+def quantize_rows_i8(w: np.ndarray):
+    """Symmetric per-row int8: q = round(w / s), s = absmax / 127 (the engine's I8 projection)."""
+    amax = np.abs(w).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.rint(w / scale[:, None]).astype(np.int8)
+    return np.ascontiguousarray(q), scale
+
+
+def _load_safetensors(path: str) -> MedusaHeads:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+    except Exception as e:  # safetensors raises bare exceptions for some malformed headers
+        raise ValueError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+    tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    if FORMAT_KEY in meta:
+        return _from_own(path, tensors, json.loads(meta[FORMAT_KEY]))
+    return _from_medusa(path, tensors)
+
+
+def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any]) -> MedusaHeads:
+    if int(meta.get("version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path}: heads format version {meta.get('version')} is newer than this llama-medusa reads")
+    n = int(meta["n_heads"])
+    blocks, proj = [], []
+    for k in range(n):
+        head, l = [], 0
+        while f"head.{k}.block.{l}.w_in" in t:
+            pre = f"head.{k}.block.{l}."
+            head.append((t[pre + "w_in"], t.get(pre + "b_in"), t.get(pre + "w_out")))
+            l += 1
+        blocks.append(head)
+        proj.append(t.get(f"head.{k}.proj"))
+        if not head and proj[-1] is None:
+            raise ValueError(f"{path}: head {k} has no tensors")
+    return MedusaHeads(blocks, proj, int(meta["hidden_size"]), source=path, format="llama-medusa", meta=meta)
+
+
+def _from_medusa(path: str, t: Dict[str, np.ndarray]) -> MedusaHeads:
+    """FasterDecoding/Medusa: {i}.{j}.linear.weight/bias for j < L, {i}.{L}.weight the head's own lm_head."""
+    prefix = "medusa_head." if any(k.startswith("medusa_head.") for k in t) else ""
+    t = {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)}
+    cfg_path = os.path.join(os.path.dirname(path), "config.json")
+    cfg = {}
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    blocks, proj = [], []
+    k = 0
+    while f"{k}.0.linear.weight" in t or f"{k}.0.weight" in t:
+        head, l = [], 0
+        while f"{k}.{l}.linear.weight" in t:
+            head.append((t[f"{k}.{l}.linear.weight"], t.get(f"{k}.{l}.linear.bias"), None))
+            l += 1
+        blocks.append(head)
+        proj.append(t.get(f"{k}.{l}.weight"))  # absent in "version 2" checkpoints: shared lm_head
+        k += 1
+    if not blocks:
+        sample = ", ".join(sorted(t)[:5]) or "none"
+        raise ValueError(
+            f"{path}: no Medusa heads found (expected keys like '0.0.linear.weight'; this file has: {sample})"
+        )
+    hidden = blocks[0][0][0].shape[1] if blocks[0] else proj[0].shape[1]
+    n_cfg = cfg.get("medusa_num_heads")
+    meta = {"medusa_config": cfg}
+    if n_cfg is not None and int(n_cfg) != len(blocks):
+        meta["note"] = f"config.json says {n_cfg} heads, the weights hold {len(blocks)}; using the weights"
+    return MedusaHeads(blocks, proj, hidden, source=path, format="medusa", meta=meta)

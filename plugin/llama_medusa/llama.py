@@ -1,0 +1,474 @@
+"""`llama_medusa.Llama`: llama_cpp.Llama whose generate() verifies a Medusa tree in one llama_decode per step.
+
+Everything above generate() (completion, chat templates, streaming, stop strings, logprobs, grammar) is stock
+llama-cpp-python; this class changes how tokens are produced, not which ones:
+
+* Each step decodes [re-decoded tokens] + root + candidate tree in ONE batch. Every leaf of the tree is a llama.cpp
+  sequence; a node belongs to the sequences of the leaves below it, so the unified KV cache's per-cell sequence
+  sets give each node exactly its ancestors as context (llama-cpp-python's Llama cannot express this: it has no
+  n_seq_max / kv_unified arguments, so the context is rebuilt here).
+* The sampler chain (greedy, dist, penalties, grammar, logits processors) samples at the root's batch row; if the
+  sampled token is one of the node's children the walk descends and samples again there. Each real token is
+  sampled once, in order, from the same logits stock decoding would produce, so output equals stock output,
+  sampled output included (same seed, same draws).
+* Bit-exact logits need flash attention (batched = token-by-token) and KV cells in position order (flash attention
+  sums cells in memory order). The tree is laid out depth-first with the top-1 chain first; accepted nodes that
+  sit right after the root in the batch keep their cells, accepted nodes further on (a later branch won) are
+  dropped from the cache and decoded again at the front of the next batch. See README "Exactness".
+* All sequences mirror the committed prefix (the persistent-mirror bookkeeping of llama.cpp's lookahead example),
+  so a step edits only the cells of its own tree.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import time
+import warnings
+from typing import Generator, List, Optional, Sequence
+
+import numpy as np
+
+import llama_cpp
+from llama_cpp import _internals as internals
+
+from .drafter import HeadsDrafter
+from .heads import MedusaHeads
+from .stats import MedusaStats
+from .tree import Tree
+
+DEFAULT_CHOICES = "small"
+
+# Largest verify batch whose logits equal token-by-token decoding bit for bit on llama.cpp's CPU backend: from 64
+# tokens on, the matrix products take another kernel path and a row's logits move by ~0.3 (measured with
+# SmolLM2-135M Q4_1, flash attention on; tests/test_exactness.py keeps it honest). Trees are cut to fit.
+EXACT_MAX_BATCH = 63
+
+
+class Llama(llama_cpp.Llama):
+    """Drop-in llama_cpp.Llama with Medusa speculative decoding.
+
+    Extra arguments (all keyword-only):
+        medusa_heads: path of a heads file (any supported format), a MedusaHeads, or a drafter object with
+            ``propose(hidden, tokens, k)``. None: plain llama-cpp-python behaviour.
+        medusa_choices: the candidate tree: a preset name ("small", "mc_sim_7b_63", "chain-N") or a list of rank
+            paths as in FasterDecoding/Medusa.
+        medusa_top_k: candidates taken from each head (default: the largest rank the tree uses, plus one).
+        medusa_proj_dtype: storage of the vocabulary projection in the native head evaluator: "i8" (default),
+            "f16" or "f32".
+        medusa_max_batch: most tokens in one verify batch (tree + re-decoded tokens). The default keeps CPU
+            output bit-identical to stock; larger trees are cut (last depth-first nodes first).
+        posterior_threshold, posterior_alpha: opt-in typical acceptance (Medusa paper) at temperature > 0: a
+            drafted child is accepted if p(child) > min(threshold, alpha * exp(-entropy)). Faster, but the output
+            no longer follows the sampling distribution exactly. Ignored at temperature 0 and with a grammar.
+    flash_attn defaults to True when heads are given: greedy identity with stock needs it on both sides.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *args,
+        medusa_heads=None,
+        medusa_choices=DEFAULT_CHOICES,
+        medusa_top_k: Optional[int] = None,
+        medusa_proj_dtype: str = "i8",
+        medusa_max_batch: int = EXACT_MAX_BATCH,
+        posterior_threshold: Optional[float] = None,
+        posterior_alpha: Optional[float] = None,
+        **kwargs,
+    ):
+        if medusa_heads is not None:
+            if kwargs.get("flash_attn") is None:
+                kwargs["flash_attn"] = True
+            elif not kwargs["flash_attn"]:
+                warnings.warn(
+                    "flash_attn=False: llama.cpp's logits then depend on the batch shape, so Medusa output can "
+                    "differ from stock output in near-ties",
+                    RuntimeWarning,
+                )
+        super().__init__(model_path, *args, **kwargs)
+        self._medusa = None
+        self.medusa_stats = MedusaStats()
+        if medusa_heads is None:
+            return
+        if (posterior_threshold is None) != (posterior_alpha is None):
+            raise ValueError("typical acceptance needs both posterior_threshold and posterior_alpha")
+        if self._is_recurrent or self._is_hybrid:
+            raise ValueError("Medusa trees need an attention-only model: recurrent/hybrid memories cannot branch")
+        n_embd = llama_cpp.llama_model_n_embd(self._model.model)
+        if hasattr(medusa_heads, "propose"):
+            drafter = medusa_heads
+        else:
+            heads = medusa_heads if isinstance(medusa_heads, MedusaHeads) else MedusaHeads.load(medusa_heads)
+            engine = heads.engine(
+                self.model_path, n_embd, self._n_vocab, medusa_proj_dtype, n_threads=self.n_threads_batch
+            )
+            drafter = HeadsDrafter(heads, engine)
+        tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
+        self._medusa = _MedusaState(
+            drafter=drafter,
+            tree=tree,
+            top_k=medusa_top_k or max(tree.top_k, 1),
+            n_embd=n_embd,
+            typical=(posterior_threshold, posterior_alpha) if posterior_threshold is not None else None,
+            max_batch=medusa_max_batch,
+        )
+        self._rebuild_context(n_seq=max(1, tree.n_leaves))
+
+    # ------------------------------------------------------------------ context
+    def _rebuild_context(self, n_seq: int) -> None:
+        """Recreates the llama_context with what a tree needs: n_seq_max sequences in one unified KV cache and
+        per-token final-norm states (pooling NONE, embeddings switched on only for verify decodes)."""
+        limit = min(llama_cpp.llama_max_parallel_sequences(), self.n_batch)
+        if n_seq > limit:
+            raise ValueError(f"the tree has {n_seq} leaves; at most {limit} (n_batch and llama.cpp's limit) fit")
+        if self.context_params.n_ctx < 2:
+            raise ValueError("n_ctx is too small for speculation")
+        self._ctx.close()
+        self.context_params.n_seq_max = n_seq
+        self.context_params.kv_unified = True
+        self.context_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+        self.context_params.embeddings = False
+        self._ctx = self._stack.enter_context(
+            contextlib.closing(internals.LlamaContext(model=self._model, params=self.context_params, verbose=self.verbose))
+        )
+        if self._lora_adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._lora_adapter)
+            scales = (ctypes.c_float * 1)(self.lora_scale)
+            if llama_cpp.llama_set_adapters_lora(self._ctx.ctx, adapters, 1, scales):
+                raise RuntimeError(f"Failed to set LoRA adapter from lora path: {self.lora_path}")
+        m = self._medusa
+        m.n_seq = n_seq
+        cap = len(m.tree) + m.tree.depth + 1
+        m.batch = self._stack.enter_context(
+            contextlib.closing(internals.LlamaBatch(n_tokens=cap, embd=0, n_seq_max=n_seq, verbose=self.verbose))
+        )
+        self.n_tokens = 0
+        self._requires_eval = True
+        # llama.cpp rounds n_ctx up (to 256); stock sizes its token/score arrays by the requested n_ctx but
+        # generates up to the real one. Size them by the real one so a full window fits.
+        self._n_ctx = self.n_ctx()
+        if self.input_ids.shape[0] < self._n_ctx:
+            self.input_ids = np.zeros((self._n_ctx,), dtype=np.intc)
+            if self._logits_all:
+                self.scores = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
+
+    @property
+    def medusa_tree(self) -> Optional[Tree]:
+        return self._medusa.tree if self._medusa else None
+
+    def _mem(self):
+        return llama_cpp.llama_get_memory(self._ctx.ctx)
+
+    def _kv_len(self) -> int:
+        return int(llama_cpp.llama_memory_seq_pos_max(self._mem(), 0)) + 1
+
+    def _truncate(self, n: int) -> None:
+        """Forgets every cell at position >= n in every sequence (stock's kv_cache_seq_rm(-1, ...) only reaches
+        sequence 0)."""
+        llama_cpp.llama_memory_seq_rm(self._mem(), -1, n, -1)
+        self.n_tokens = min(self.n_tokens, n)
+
+    def _mirror(self, start: int) -> None:
+        """Copies sequence 0's cells from `start` on into every other sequence (metadata only)."""
+        mem = self._mem()
+        for s in range(1, self._medusa.n_seq):
+            llama_cpp.llama_memory_seq_cp(mem, 0, s, start, -1)
+
+    # ------------------------------------------------------------------ stock entry points kept consistent
+    def reset(self):
+        super().reset()
+        if self._medusa is not None:
+            llama_cpp.llama_memory_seq_rm(self._mem(), -1, -1, -1)
+
+    def eval(self, tokens: Sequence[int]):
+        if self._medusa is None:
+            return super().eval(tokens)
+        # Accepted tokens that were dropped from the cache to keep it in position order are decoded first.
+        kv = min(self._kv_len(), self.n_tokens)
+        tokens = [int(t) for t in self.input_ids[kv : self.n_tokens]] + list(tokens)
+        self._truncate(kv)
+        llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
+        super().eval(tokens)
+        self._mirror(kv)
+
+    def load_state(self, state) -> None:
+        super().load_state(state)
+        if self._medusa is not None:  # a state saved mid-speculation may hold more cells than tokens
+            llama_cpp.llama_memory_seq_rm(self._mem(), -1, self.n_tokens, -1)
+            self._mirror(0)
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        tokens: Sequence[int],
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        reset: bool = True,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        penalize_nl: bool = True,
+        logits_processor=None,
+        stopping_criteria=None,
+        grammar=None,
+    ) -> Generator[int, Optional[Sequence[int]], None]:
+        sampling = dict(
+            top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp, repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, tfs_z=tfs_z,
+            mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            penalize_nl=penalize_nl, logits_processor=logits_processor, grammar=grammar,
+        )
+        if self._medusa is None:
+            yield from super().generate(tokens, reset=reset, stopping_criteria=stopping_criteria, **sampling)
+            return
+        self._mirostat_mu = ctypes.c_float(2.0 * mirostat_tau)
+        self._sampler = self._init_sampler(**sampling)
+        typical = self._medusa.typical if (temp > 0 and grammar is None and mirostat_mode == 0) else None
+        yield from _MedusaRun(self, list(tokens), reset, stopping_criteria, typical, temp).run()
+
+
+class _MedusaState:
+    def __init__(self, drafter, tree: Tree, top_k: int, n_embd: int, typical, max_batch: int):
+        if max_batch < tree.depth + 1:
+            raise ValueError(f"medusa_max_batch={max_batch} cannot hold even one path of the {tree.depth}-deep tree")
+        self.max_batch = max_batch
+        self.drafter = drafter
+        self.tree = tree
+        self.top_k = top_k
+        self.n_embd = n_embd
+        self.typical = typical
+        self.n_seq = 1
+        self.batch: Optional[internals.LlamaBatch] = None
+        self._limited = {}
+
+    def tree_within(self, max_nodes: int, max_depth: int) -> Tree:
+        """The tree cut to the first max_nodes nodes (depth-first, so still a tree) and max_depth levels."""
+        if max_nodes >= len(self.tree) and max_depth >= self.tree.depth:
+            return self.tree
+        key = (min(max_nodes, len(self.tree)), min(max_depth, self.tree.depth))
+        if key not in self._limited:
+            keep = [n.path for i, n in enumerate(self.tree.nodes[1:], 1) if i < key[0] and n.depth <= key[1]]
+            self._limited[key] = Tree(keep)
+        return self._limited[key]
+
+
+class _MedusaRun:
+    """One generate() call. Invariants between steps: input_ids[:n_tokens] are the tokens whose logits exist;
+    the KV cache holds the first `kv` of them in every sequence (the rest are re-decoded next step); `root` is the
+    last sampled token, already yielded, not yet decoded."""
+
+    def __init__(self, llm: Llama, tokens: List[int], reset: bool, stopping_criteria, typical, temp: float):
+        self.llm = llm
+        self.m = llm._medusa
+        self.tokens = tokens
+        self.reset = reset
+        self.stopping_criteria = stopping_criteria
+        self.typical = typical
+        self.temp = temp
+        self.stats = MedusaStats()
+        llm.medusa_stats = self.stats
+        self.n_vocab = llm._n_vocab
+
+    def _prefill(self) -> int:
+        """Decodes the prompt (reusing the cached prefix) like stock and samples the first token."""
+        llm = self.llm
+        t0 = time.perf_counter()
+        known = min(llm.n_tokens, llm._kv_len())
+        if self.reset:
+            full = self.tokens
+            common = 0
+            for a, b in zip(llm.input_ids[:known], full):
+                if a != b:
+                    break
+                common += 1
+            keep = min(common, len(full) - 1)
+        else:
+            full = [int(t) for t in llm.input_ids[: llm.n_tokens]] + self.tokens
+            keep = min(known, len(full) - 1)
+        if not full:
+            raise ValueError("generate() needs at least one token")
+        if len(full) > llm._n_ctx:
+            raise ValueError(f"Requested tokens ({len(full)}) exceed context window of {llm._n_ctx}")
+        llm._truncate(keep)
+        llm.n_tokens = keep
+        llm.eval(full[keep:])
+        self.stats.time_prompt += time.perf_counter() - t0
+        return llm._sampler.sample(llm._ctx, -1)
+
+    def run(self):
+        llm, m = self.llm, self.m
+        root = self._prefill()
+        if self.stopping_criteria is not None:
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(self.n_vocab,)).copy()
+            if self.stopping_criteria(llm._input_ids, logits):
+                return
+        sent = yield root
+        hidden = None
+        while True:
+            if sent is not None:  # the caller pushed tokens (generator.send): decode them, heads restart
+                llm.input_ids[llm.n_tokens] = root
+                llm.input_ids[llm.n_tokens + 1 : llm.n_tokens + len(sent)] = list(sent)[:-1]
+                llm.n_tokens += len(sent)
+                root, hidden = int(list(sent)[-1]), None
+            emitted, rows, hidden = self._step(root, hidden)
+            p_root = llm.n_tokens - len(emitted)  # position of the root just verified
+            for j, tok in enumerate(emitted):
+                llm.n_tokens = p_root + j + 1
+                if self.stopping_criteria is not None and self.stopping_criteria(
+                    llm.input_ids[: llm.n_tokens], rows[j]
+                ):
+                    return
+                sent = yield tok
+                if sent is not None:
+                    llm.n_tokens = p_root + j + 1
+                    self._drop_after(llm.n_tokens)
+                    break
+            root = emitted[-1] if sent is None else tok
+
+    def _drop_after(self, n: int) -> None:
+        """Forgets cells beyond the first n tokens (the caller diverged from the accepted run)."""
+        llm = self.llm
+        if llm._kv_len() > n:
+            llm._truncate(n)
+
+    def _step(self, root: int, hidden: Optional[np.ndarray]):
+        """Decodes pending tokens + root + tree, walks it with the sampler, fixes the KV cache.
+        Returns (sampled tokens, their logits rows for stopping criteria, hidden state of the last accepted node)."""
+        llm, m, st = self.llm, self.m, self.stats
+        ctx = llm._ctx.ctx
+        mem = llm._mem()
+        n_ctx = llm._n_ctx
+        t0 = time.perf_counter()
+        kv = min(llm._kv_len(), llm.n_tokens)
+        if llm.n_tokens - kv > m.tree.depth:  # more than a step can re-decode (tokens pushed with send())
+            llm.eval([])
+            kv = llm.n_tokens
+        pending = [int(t) for t in llm.input_ids[kv : llm.n_tokens]]
+        P = llm.n_tokens  # the root's position
+        room_nodes = n_ctx - kv - len(pending)
+        if room_nodes < 1 or P >= n_ctx:
+            raise RuntimeError(f"llama_decode returned 1: the context window of {n_ctx} tokens is full")
+
+        # 1. candidates from the heads
+        tree = m.tree_within(min(room_nodes, m.max_batch - len(pending)), n_ctx - 1 - P)
+        if hidden is None or len(tree) == 1:
+            tree, cand = m.tree_within(1, 0), None
+        else:
+            t1 = time.perf_counter()
+            ctx_tokens = np.append(llm.input_ids[:P], root).astype(np.int32)
+            cand = np.asarray(m.drafter.propose(hidden, ctx_tokens, m.top_k))
+            st.time_heads += time.perf_counter() - t1
+        node_tokens = tree.tokens(root, cand) if cand is not None else [root]
+
+        # 2. one batch: pending chain (all sequences), then the tree in depth-first order
+        b = m.batch.batch
+        all_seqs = range(m.n_seq)
+        n = 0
+        for i, tok in enumerate(pending):
+            self._put(b, n, tok, kv + i, all_seqs)
+            n += 1
+        base = n
+        for i, node in enumerate(tree.nodes):
+            self._put(b, n, node_tokens[i], P + node.depth, all_seqs if i == 0 else node.seqs)
+            n += 1
+        b.n_tokens = n
+        llama_cpp.llama_set_embeddings(ctx, True)
+        t1 = time.perf_counter()
+        st.time_bookkeeping += t1 - t0
+        rc = llama_cpp.llama_decode(ctx, b)
+        t2 = time.perf_counter()
+        st.time_verify += t2 - t1
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} while verifying a {n}-token tree")
+
+        # 3. walk the tree with the sampler chain
+        ids = llm.input_ids
+        ids[kv : kv + len(pending)] = pending
+        path = [0]
+        emitted, rows = [], []
+        want_rows = self.stopping_criteria is not None or llm._logits_all
+        while True:
+            i = path[-1]
+            node = tree.nodes[i]
+            ids[P + node.depth] = node_tokens[i]
+            llm.n_tokens = P + node.depth + 1  # what logits processors see as input_ids
+            row = None
+            if want_rows or self.typical is not None:
+                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, base + i), shape=(self.n_vocab,)).copy()
+            tok = self._choose(base + i, node, node_tokens, row)
+            emitted.append(tok)
+            rows.append(row)
+            nxt = next((c for c in node.children if node_tokens[c] == tok), None)
+            if nxt is None:
+                break
+            path.append(nxt)
+        t3 = time.perf_counter()
+        st.time_sample += t3 - t2
+
+        # 4. results: logits rows for logprobs, the deepest accepted node's final-norm state for the heads
+        if llm._logits_all:
+            for d, r in enumerate(rows):
+                llm.scores[P + d, :] = r
+        last = base + path[-1]
+        emb = llama_cpp.llama_get_embeddings_ith(ctx, last)
+        new_hidden = np.ctypeslib.as_array(emb, shape=(m.n_embd,)).copy()
+
+        # 5. KV: keep pending + root + the accepted nodes that directly follow the root in the batch
+        kc = 1
+        while kc < len(path) and path[kc] == kc:
+            kc += 1
+        end = P + kc
+        llama_cpp.llama_memory_seq_rm(mem, -1, end, -1)
+        if kc > 1:
+            keep = set(tree.nodes[path[kc - 1]].seqs)
+            src = min(keep)
+            for s in range(m.n_seq):
+                if s not in keep:
+                    llama_cpp.llama_memory_seq_rm(mem, s, P + 1, -1)
+                    llama_cpp.llama_memory_seq_cp(mem, src, s, P + 1, end)
+        llm.n_tokens = P + len(path)
+        llm._requires_eval = False
+
+        st.steps += 1
+        st.tokens += len(emitted)
+        st.batch_tokens += n
+        st.redecoded += len(pending)
+        st.note_depths(tree.depth, len(path) - 1)
+        st.time_bookkeeping += time.perf_counter() - t3
+        return emitted, rows, new_hidden
+
+    @staticmethod
+    def _put(b, i: int, tok: int, pos: int, seqs) -> None:
+        b.token[i] = tok
+        b.pos[i] = pos
+        k = 0
+        for s in seqs:
+            b.seq_id[i][k] = s
+            k += 1
+        b.n_seq_id[i] = k
+        b.logits[i] = True
+
+    def _choose(self, idx: int, node, node_tokens, row) -> int:
+        """The token at one tree node: the sampler chain's choice, or with typical acceptance the likeliest
+        child when it clears the entropy-scaled threshold."""
+        llm = self.llm
+        if self.typical is not None and node.children:
+            eps, alpha = self.typical
+            z = row.astype(np.float64) / self.temp
+            z -= z.max()
+            p = np.exp(z)
+            p /= p.sum()
+            ent = -float(np.sum(p * np.log(p + 1e-10)))
+            best = max(node.children, key=lambda c: p[node_tokens[c]])
+            if p[node_tokens[best]] > min(eps, alpha * np.exp(-ent)):
+                tok = node_tokens[best]
+                llm._sampler.accept(tok)
+                return tok
+        return llm._sampler.sample(llm._ctx, idx)

@@ -1,0 +1,55 @@
+"""Per-call speculation statistics (`Llama.medusa_stats`)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List
+
+
+@dataclass
+class MedusaStats:
+    steps: int = 0  # backbone verify passes (llama_decode calls after the prompt)
+    tokens: int = 0  # tokens produced by those passes
+    batch_tokens: int = 0  # tokens submitted to those passes (tree nodes + re-decoded ones)
+    redecoded: int = 0  # accepted tokens decoded a second time to keep KV cells in position order
+    head_proposed: List[int] = field(default_factory=list)  # steps in which head d had a node in the tree
+    head_accepted: List[int] = field(default_factory=list)  # steps in which the depth-(d+1) node was accepted
+    time_prompt: float = 0.0
+    time_verify: float = 0.0  # llama_decode of the trees
+    time_heads: float = 0.0  # native head evaluation
+    time_sample: float = 0.0  # sampler chain over the accepted path
+    time_bookkeeping: float = 0.0  # batch building, KV cache edits, copies
+
+    @property
+    def mean_accepted(self) -> float:
+        """Tokens per backbone pass (1.0 = no speculation gain)."""
+        return self.tokens / self.steps if self.steps else 0.0
+
+    @property
+    def head_acceptance(self) -> List[float]:
+        return [a / p if p else 0.0 for a, p in zip(self.head_accepted, self.head_proposed)]
+
+    @property
+    def time_total(self) -> float:
+        return self.time_verify + self.time_heads + self.time_sample + self.time_bookkeeping
+
+    def note_depths(self, proposed_depth: int, accepted_depth: int) -> None:
+        need = max(proposed_depth, len(self.head_proposed))
+        self.head_proposed += [0] * (need - len(self.head_proposed))
+        self.head_accepted += [0] * (need - len(self.head_accepted))
+        for d in range(proposed_depth):
+            self.head_proposed[d] += 1
+        for d in range(accepted_depth):
+            self.head_accepted[d] += 1
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(mean_accepted=self.mean_accepted, head_acceptance=self.head_acceptance, time_total=self.time_total)
+        return d
+
+    def __str__(self) -> str:
+        acc = ", ".join(f"{a:.2f}" for a in self.head_acceptance)
+        return (
+            f"{self.tokens} tokens in {self.steps} passes ({self.mean_accepted:.2f}/pass), head acceptance [{acc}], "
+            f"verify {self.time_verify*1e3:.0f} ms, heads {self.time_heads*1e3:.0f} ms, "
+            f"sample {self.time_sample*1e3:.0f} ms, bookkeeping {self.time_bookkeeping*1e3:.0f} ms"
+        )

@@ -1,0 +1,218 @@
+"""Greedy (and seeded sampled) output of llama_medusa.Llama equals stock llama-cpp-python, on the real model.
+
+Untrained heads accept almost nothing, so acceptance and KV bookkeeping are exercised with OracleDrafter: it
+knows the stock continuation and hides it in trees of wrong siblings, at rank 0 or at a random rank.
+"""
+import numpy as np
+import pytest
+
+import llama_cpp
+from conftest import N_CTX, PROMPTS, THREADS, chat_prompt, stock_tokens
+from oracle import OracleDrafter
+
+from llama_medusa import Llama, MedusaHeads
+from llama_medusa.tree import MC_SIM_7B_63
+
+MID_TREE = MC_SIM_7B_63[:24]  # 25 nodes: several branches at every level
+
+
+def medusa(model_path, drafter, choices="small", **kw):
+    kw.setdefault("n_ctx", N_CTX)
+    return Llama(model_path, medusa_heads=drafter, medusa_choices=choices, verbose=False, **THREADS, **kw)
+
+
+def medusa_tokens(llm, pt, n, **kw):
+    return stock_tokens(llm, pt, n, **kw)
+
+
+def random_heads(n_heads=3, hidden=576, seed=0):
+    rng = np.random.default_rng(seed)
+    blocks = [[(rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.02,
+                rng.standard_normal(hidden).astype(np.float32) * 0.02, None)] for _ in range(n_heads)]
+    return MedusaHeads(blocks, [None] * n_heads, hidden)
+
+
+def test_untrained_heads_greedy_identical(model_path, reference):
+    """The real path: native heads over the model's own output matrix, trees verified in one decode."""
+    pt, ref = reference(PROMPTS[0], 128)
+    llm = medusa(model_path, random_heads(), choices="small")
+    assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
+    st = llm.medusa_stats
+    assert st.steps > 0 and st.tokens == len(ref) - 1 and len(st.head_acceptance) == 3
+
+
+@pytest.mark.parametrize("user", PROMPTS)
+def test_oracle_512_tokens_small_tree(model_path, reference, user):
+    pt, ref = reference(user, 512)
+    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=3), choices="small")
+    assert medusa_tokens(llm, pt, 512, temp=0.0) == ref
+    st = llm.medusa_stats
+    assert st.mean_accepted > 2.0, str(st)  # several tokens accepted per backbone pass
+    assert st.redecoded > 0  # later branches won and were re-decoded in order
+
+
+def test_oracle_wide_tree_and_kv_order(model_path, reference):
+    pt, ref = reference(PROMPTS[1], 300)
+    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=4, p_other_rank=0.5), choices=MID_TREE)
+    assert medusa_tokens(llm, pt, 300, temp=0.0) == ref
+    assert llm.medusa_stats.mean_accepted > 2.0
+
+
+def test_full_mc_sim_tree_is_cut_to_the_exact_batch(model_path, reference):
+    pt, ref = reference(PROMPTS[2], 48)
+    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=4), choices="mc_sim_7b_63")
+    assert medusa_tokens(llm, pt, 48, temp=0.0) == ref
+    assert llm.medusa_stats.batch_tokens <= 63 * llm.medusa_stats.steps
+
+
+def test_long_generation_2000_tokens(model_path, stock):
+    pt = stock.tokenize(chat_prompt("Write a very long story about a lighthouse keeper and a storm.").encode(),
+                        special=True)
+    ref = stock_tokens(stock, pt, 2100, temp=0.0)
+    assert len(ref) >= 2000, "the reference must run past 2000 tokens"
+    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=4, seed=5), choices="chain-4")
+    assert medusa_tokens(llm, pt, 2100, temp=0.0) == ref
+
+
+def oracle_llm(model_path, stock, user, n, choices="small", **kw):
+    pt = stock.tokenize(chat_prompt(user).encode(), special=True)
+    ref = stock_tokens(stock, pt, n, temp=0.0)
+    return medusa(model_path, OracleDrafter(pt + ref, n_heads=3), choices=choices, **kw), pt, ref
+
+
+def test_eos_and_chat_completion_identical(model_path, stock):
+    msgs = [{"role": "user", "content": "Say hello in one short sentence."}]
+    want = stock.create_chat_completion(messages=msgs, max_tokens=200, temperature=0.0)
+    pt = stock.tokenize(chat_prompt(msgs[0]["content"]).encode(), special=True)
+    ref = stock_tokens(stock, pt, 200, temp=0.0)
+    assert llama_cpp.llama_vocab_is_eog(stock._model.vocab, ref[-1]), "the answer should end with EOS"
+    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=3))
+    got = llm.create_chat_completion(messages=msgs, max_tokens=200, temperature=0.0)
+    assert got["choices"][0]["message"] == want["choices"][0]["message"]
+    assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"] == "stop"
+    assert got["usage"] == want["usage"]
+
+
+def test_stop_string_inside_accepted_run(model_path, stock):
+    prompt = chat_prompt(PROMPTS[0])
+    full = stock.create_completion(prompt, max_tokens=120, temperature=0.0)["choices"][0]["text"]
+    stop = full[60:68]  # a string from the middle of the answer
+    want = stock.create_completion(prompt, max_tokens=120, temperature=0.0, stop=[stop])
+    llm, _, _ = oracle_llm(model_path, stock, PROMPTS[0], 120)
+    got = llm.create_completion(prompt, max_tokens=120, temperature=0.0, stop=[stop])
+    assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"] == "stop"
+
+
+def test_streaming_chunks_identical(model_path, stock):
+    prompt = chat_prompt(PROMPTS[2])
+    want = [c["choices"][0]["text"] for c in stock.create_completion(prompt, max_tokens=80, temperature=0.0,
+                                                                     stream=True)]
+    llm, _, _ = oracle_llm(model_path, stock, PROMPTS[2], 80)
+    got = [c["choices"][0]["text"] for c in llm.create_completion(prompt, max_tokens=80, temperature=0.0,
+                                                                  stream=True)]
+    assert got == want
+
+
+def test_context_window_fills_cleanly(model_path):
+    stock_small = llama_cpp.Llama(model_path, n_ctx=256, flash_attn=True, verbose=False, **THREADS)
+    prompt = chat_prompt("Write a long essay about the history of bread.")
+    want = stock_small.create_completion(prompt, max_tokens=None, temperature=0.0)
+    pt = stock_small.tokenize(prompt.encode(), special=True)
+    ref = stock_tokens(stock_small, pt, 256 - len(pt), temp=0.0)
+    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=4), choices=MID_TREE, n_ctx=256)
+    got = llm.create_completion(prompt, max_tokens=None, temperature=0.0)
+    assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"] == "length"
+    assert got["usage"]["total_tokens"] == want["usage"]["total_tokens"] == 256
+    with pytest.raises(ValueError, match="exceed context window"):
+        llm.create_completion("word " * 400, max_tokens=4)
+
+
+def test_prefix_reuse_and_reset_across_calls(model_path, stock):
+    """A second turn reuses the cached prefix (with the extra sequences in the cache) and still equals stock."""
+    first = chat_prompt("Name three planets.")
+    llm = medusa(model_path, random_heads(seed=3), choices="small")
+    for model in (stock, llm):
+        model.reset()
+    a_stock = stock.create_completion(first, max_tokens=40, temperature=0.0)["choices"][0]["text"]
+    a_med = llm.create_completion(first, max_tokens=40, temperature=0.0)["choices"][0]["text"]
+    assert a_med == a_stock
+    second = first + a_stock + "<|im_end|>\n<|im_start|>user\nAnd three moons?<|im_end|>\n<|im_start|>assistant\n"
+    b_stock = stock.create_completion(second, max_tokens=40, temperature=0.0)["choices"][0]["text"]
+    b_med = llm.create_completion(second, max_tokens=40, temperature=0.0)["choices"][0]["text"]
+    assert b_med == b_stock
+    llm.reset()
+    assert llm.create_completion(first, max_tokens=40, temperature=0.0)["choices"][0]["text"] == a_stock
+
+
+def test_seeded_sampling_identical_to_stock(model_path, stock):
+    """temperature > 0: each token is sampled once, in order, by the same sampler chain from the same logits."""
+    prompt = chat_prompt(PROMPTS[0])
+    kw = dict(max_tokens=120, temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repeat_penalty=1.1, seed=1234)
+    want = stock.create_completion(prompt, **kw)["choices"][0]["text"]
+    pt = stock.tokenize(prompt.encode(), special=True)
+    ref = stock.tokenize(want.encode(), add_bos=False, special=True)
+    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=3))
+    got = llm.create_completion(prompt, **kw)["choices"][0]["text"]
+    assert got == want
+    assert llm.medusa_stats.mean_accepted > 1.5
+
+
+def test_grammar_identical(model_path, stock):
+    grammar = llama_cpp.LlamaGrammar.from_string('root ::= "{" ws "\\"name\\":" ws "\\"" [a-zA-Z ]+ "\\"" ws "}"\nws ::= [ ]?',
+                                                 verbose=False)
+    prompt = chat_prompt("Give me a JSON object with the name of a famous scientist.")
+    want = stock.create_completion(prompt, max_tokens=40, temperature=0.0, grammar=grammar)["choices"][0]["text"]
+    llm = medusa(model_path, random_heads(seed=4))
+    got = llm.create_completion(prompt, max_tokens=40, temperature=0.0, grammar=grammar)["choices"][0]["text"]
+    assert got == want and got.startswith("{")
+
+
+def test_logprobs_identical(model_path):
+    kw = dict(n_ctx=1024, flash_attn=True, verbose=False, **THREADS, logits_all=True)
+    stock_lp = llama_cpp.Llama(model_path, **kw)
+    prompt = chat_prompt(PROMPTS[1])
+    want = stock_lp.create_completion(prompt, max_tokens=30, temperature=0.0, logprobs=3)["choices"][0]
+    pt = stock_lp.tokenize(prompt.encode(), special=True)
+    ref = stock_tokens(stock_lp, pt, 30, temp=0.0)
+    llm = Llama(model_path, medusa_heads=OracleDrafter(pt + ref, n_heads=3), **kw)
+    got = llm.create_completion(prompt, max_tokens=30, temperature=0.0, logprobs=3)["choices"][0]
+    assert got["text"] == want["text"]
+    assert got["logprobs"]["tokens"] == want["logprobs"]["tokens"]
+    np.testing.assert_array_equal(got["logprobs"]["token_logprobs"], want["logprobs"]["token_logprobs"])
+    assert got["logprobs"]["top_logprobs"] == want["logprobs"]["top_logprobs"]
+
+
+def test_typical_acceptance_is_opt_in_and_faster(model_path, stock):
+    prompt = chat_prompt(PROMPTS[2])
+    pt = stock.tokenize(prompt.encode(), special=True)
+    ref = stock_tokens(stock, pt, 100, temp=0.0)
+    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=3, p_true=1.0, p_other_rank=0.0),
+                 posterior_threshold=0.09, posterior_alpha=0.3)
+    out = llm.create_completion(prompt, max_tokens=60, temperature=0.2, seed=7)["choices"][0]["text"]
+    assert out.strip()
+    assert llm.medusa_stats.mean_accepted > 1.2
+    with pytest.raises(ValueError, match="both posterior_threshold and posterior_alpha"):
+        medusa(model_path, random_heads(), posterior_threshold=0.1)
+
+
+def test_without_heads_it_is_stock(model_path):
+    plain = Llama(model_path, n_ctx=512, verbose=False, **THREADS)
+    ref = llama_cpp.Llama(model_path, n_ctx=512, verbose=False, **THREADS)
+    prompt = chat_prompt(PROMPTS[0])
+    assert plain.create_completion(prompt, max_tokens=30, temperature=0.0)["choices"][0]["text"] == \
+        ref.create_completion(prompt, max_tokens=30, temperature=0.0)["choices"][0]["text"]
+    assert plain.medusa_tree is None
+
+
+def test_mismatched_heads_are_rejected(model_path, tmp_path):
+    with pytest.raises(ValueError, match="hidden size 64.*576"):
+        medusa(model_path, random_heads(hidden=64), n_ctx=256)
+    wrong_vocab = MedusaHeads([[]], [np.zeros((1000, 576), np.float32)], 576)
+    with pytest.raises(ValueError, match="1000 tokens.*49152"):
+        medusa(model_path, wrong_vocab, n_ctx=256)
+    with pytest.raises(ValueError, match="does not exist"):
+        medusa(model_path, str(tmp_path / "nope.safetensors"), n_ctx=256)
+    with pytest.raises(ValueError, match="only 3 heads"):
+        medusa(model_path, random_heads(), choices="chain-4", n_ctx=256)
