@@ -11,7 +11,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 # Chat and code prompts written for the bench (not drawn from any training set).
 DEFAULT_PROMPTS = [
@@ -44,40 +44,6 @@ def roofline(seconds: float = 0.5) -> Dict[str, float]:
     return {"read_GBps": a.nbytes / best / 1e9, "f32_GFLOPs": 2 * 1024**3 / t_mm / 1e9}
 
 
-def verify_cost(llm, sizes=(1, 2, 4, 8, 16, 32), repeats: int = 5) -> Dict[int, float]:
-    """Median llama_decode time of T tokens (all with logits) after a short prefix, per T: the backbone's price of
-    verifying a T-node tree."""
-    import llama_cpp
-
-    out = {}
-    prefix = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 4)
-    batch = llama_cpp.llama_batch_init(max(sizes) + len(prefix), 0, 1)
-    ctx, mem = llm._ctx.ctx, llama_cpp.llama_get_memory(llm._ctx.ctx)
-
-    def decode(toks, p0):
-        for i, t in enumerate(toks):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, p0 + i, 1, True
-            batch.seq_id[i][0] = 0
-        batch.n_tokens = len(toks)
-        if llama_cpp.llama_decode(ctx, batch) != 0:
-            raise RuntimeError("llama_decode failed while measuring the verify cost")
-
-    llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
-    decode(prefix, 0)
-    for T in sizes:
-        times = []
-        for _ in range(repeats):
-            llama_cpp.llama_memory_seq_rm(mem, -1, len(prefix), -1)
-            t0 = time.perf_counter()
-            decode([prefix[i % len(prefix)] for i in range(T)], len(prefix))
-            times.append(time.perf_counter() - t0)
-        out[T] = statistics.median(times)
-    llama_cpp.llama_batch_free(batch)
-    llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
-    llm.n_tokens = 0
-    return out
-
-
 def _timed_chat(llm, prompt: str, max_tokens: int):
     t0 = time.perf_counter()
     r = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
@@ -87,10 +53,13 @@ def _timed_chat(llm, prompt: str, max_tokens: int):
 
 
 def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts: Optional[List[str]] = None,
-              max_tokens: int = 128, runs: int = 3, choices="small", n_threads: Optional[int] = None,
-              n_threads_batch: Optional[int] = None, n_ctx: int = 2048, log=print) -> dict:
+              max_tokens: int = 128, runs: int = 3, choices="auto", n_threads: Optional[int] = None,
+              n_threads_batch: Optional[int] = None, n_ctx: int = 2048, peer: bool = True,
+              sweep: Sequence = (), log=print) -> dict:
     import llama_cpp
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
+    from . import autotree
     from .llama import Llama
     from .models import default_model_path
 
@@ -101,85 +70,121 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         heads = default_heads_path(model)
     prompts = prompts or DEFAULT_PROMPTS
     common = dict(n_ctx=n_ctx, flash_attn=True, verbose=False, n_threads=n_threads, n_threads_batch=n_threads_batch)
-    stock = llama_cpp.Llama(model, **common)
-    med = Llama(model, medusa_heads=heads, medusa_choices=choices, **common)
     roof = roofline()
-    cost = verify_cost(stock)
+    engines = {"stock": llama_cpp.Llama(model, **common)}
+    med = Llama(model, medusa_heads=heads, medusa_choices=choices, **common)
+    engines["medusa"] = med
+    if peer:
+        engines["lookup"] = llama_cpp.Llama(model, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=4),
+                                            logits_all=True, **common)
+    cost = autotree.cost_curve(med)
     rows = []
     for i, p in enumerate(prompts):
-        s_times, m_times, stats = [], [], []
+        times = {k: [] for k in engines}
+        texts, ntok, stats = {}, {}, []
         for _ in range(runs):
-            s_text, s_n, s_dt = _timed_chat(stock, p, max_tokens)
-            m_text, m_n, m_dt = _timed_chat(med, p, max_tokens)
-            s_times.append(s_dt)
-            m_times.append(m_dt)
+            for name, llm in engines.items():
+                texts[name], ntok[name], dt = _timed_chat(llm, p, max_tokens)
+                times[name].append(dt)
             stats.append(med.medusa_stats)
         st = stats[-1]
-        row = {
-            "prompt": p, "tokens": s_n, "identical": s_text == m_text and s_n == m_n,
-            "stock_tok_s": s_n / statistics.median(s_times), "medusa_tok_s": m_n / statistics.median(m_times),
-            "mean_accepted": st.mean_accepted, "head_acceptance": st.head_acceptance,
-            "time_split_ms": {"verify": st.time_verify * 1e3, "heads": st.time_heads * 1e3,
-                              "sample": st.time_sample * 1e3, "bookkeeping": st.time_bookkeeping * 1e3},
-        }
+        row = {"prompt": p, "tokens": ntok["stock"],
+               "identical": texts["medusa"] == texts["stock"] and ntok["medusa"] == ntok["stock"]}
+        for name in engines:
+            row[f"{name}_tok_s"] = ntok[name] / statistics.median(times[name])
         row["speedup"] = row["medusa_tok_s"] / row["stock_tok_s"]
+        if peer:
+            row["lookup_speedup"] = row["lookup_tok_s"] / row["stock_tok_s"]
+            row["lookup_identical"] = texts["lookup"] == texts["stock"]
+        row.update(mean_accepted=st.mean_accepted, head_acceptance=st.head_acceptance,
+                   time_split_ms={"verify": st.time_verify * 1e3, "heads": st.time_heads * 1e3,
+                                  "sample": st.time_sample * 1e3, "bookkeeping": st.time_bookkeeping * 1e3})
         rows.append(row)
-        log(f"[{i + 1}/{len(prompts)}] {row['stock_tok_s']:.1f} -> {row['medusa_tok_s']:.1f} tok/s "
-            f"({row['speedup']:.2f}x), {row['mean_accepted']:.2f} tokens/pass, identical={row['identical']}")
+        log(f"[{i + 1}/{len(prompts)}] stock {row['stock_tok_s']:.1f} tok/s, medusa {row['medusa_tok_s']:.1f} "
+            f"({row['speedup']:.2f}x, {row['mean_accepted']:.2f} tokens/pass), identical={row['identical']}")
     speedups = [r["speedup"] for r in rows]
-    acc = [r["mean_accepted"] for r in rows]
     n_heads = max(len(r["head_acceptance"]) for r in rows)
+    tree = med.medusa_tree
+    split = {k: sum(r["time_split_ms"][k] for r in rows) for k in rows[0]["time_split_ms"]}
     summary = {
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), **roof},
+        "machine": {"cpu": autotree._cpu(), "cores": os.cpu_count(), **roof},
         "model": os.path.basename(model), "heads": os.path.basename(str(heads)),
-        "tree": med.medusa_tree.choices, "tree_nodes": len(med.medusa_tree), "runs": runs,
-        "max_tokens": max_tokens,
+        "choices": choices if isinstance(choices, str) else "custom",
+        "tree": tree.choices, "tree_nodes": len(tree), "runs": runs, "max_tokens": max_tokens,
         "verify_cost_ms": {str(k): v * 1e3 for k, v in cost.items()},
         "verify_cost_ratio": {str(k): v / cost[1] for k, v in cost.items()},
         "speedup_median": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
-        "mean_accepted": statistics.mean(acc),
+        "mean_accepted": statistics.mean(r["mean_accepted"] for r in rows),
         "head_acceptance": [statistics.mean(r["head_acceptance"][d] for r in rows if d < len(r["head_acceptance"]))
                             for d in range(n_heads)],
+        "time_split_ms": split,
+        "overhead_fraction": (split["heads"] + split["sample"] + split["bookkeeping"]) / max(sum(split.values()), 1e-9),
         "all_identical": all(r["identical"] for r in rows),
         "prompts": rows,
     }
+    if med.medusa_auto:
+        summary["predicted_speedup"] = med.medusa_auto["predicted_speedup"]
+        summary["perfect_bound"] = med.medusa_auto["perfect_bound"]
+    if peer:
+        summary["lookup_speedup_median"] = statistics.median(r["lookup_speedup"] for r in rows)
+        summary["lookup_all_identical"] = all(r["lookup_identical"] for r in rows)
+    if sweep:
+        summary["sweep"] = run_sweep(model, heads, prompts, max_tokens, sweep, common, engines["stock"], log)
     return summary
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, log) -> List[dict]:
+    """Tokens/s of each candidate tree on the same prompts (one run each), beside stock, for checking "auto"."""
+    from .llama import Llama
 
-    return platform.processor() or platform.machine()
+    out = []
+    base = sum(_timed_chat(stock, p, max_tokens)[2] for p in prompts)
+    for choice in trees:
+        llm = Llama(model, medusa_heads=heads, medusa_choices=choice, **common)
+        total, toks = 0.0, 0
+        for p in prompts:
+            _, n, dt = _timed_chat(llm, p, max_tokens)
+            total += dt
+            toks += n
+        name = choice if isinstance(choice, str) else f"{len(choice)} nodes"
+        out.append({"tree": name, "nodes": len(llm.medusa_tree), "speedup": base / total})
+        log(f"sweep {name}: {base / total:.2f}x")
+    return out
 
 
 def format_table(s: dict) -> str:
     m = s["machine"]
     lines = [
         f"machine: {m['cpu']}, {m['cores']} cores; read {m['read_GBps']:.1f} GB/s, f32 matmul {m['f32_GFLOPs']:.0f} GFLOP/s",
-        f"model {s['model']}, heads {s['heads']}, tree {s['tree_nodes']} nodes, {s['max_tokens']} tokens, "
-        f"median of {s['runs']} runs",
+        f"model {s['model']}, heads {s['heads']}, tree ({s['choices']}) {s['tree_nodes']} nodes, "
+        f"{s['max_tokens']} tokens, median of {s['runs']} runs",
         "verify cost t(T)/t(1): " + ", ".join(f"T={k}: {v:.2f}" for k, v in s["verify_cost_ratio"].items())
         + f"  (t(1) = {s['verify_cost_ms']['1']:.1f} ms)",
         "",
-        f"{'prompt':44s} {'stock tok/s':>11s} {'medusa tok/s':>12s} {'speedup':>8s} {'acc/pass':>8s} {'same':>5s}",
+        f"{'prompt':40s} {'stock tok/s':>11s} {'medusa tok/s':>12s} {'speedup':>8s} {'acc/pass':>8s} {'same':>5s}"
+        + (f" {'lookup':>8s}" if "lookup_speedup_median" in s else ""),
     ]
     for r in s["prompts"]:
-        lines.append(f"{r['prompt'][:44]:44s} {r['stock_tok_s']:11.1f} {r['medusa_tok_s']:12.1f} "
-                     f"{r['speedup']:7.2f}x {r['mean_accepted']:8.2f} {'yes' if r['identical'] else 'NO':>5s}")
+        lines.append(f"{r['prompt'][:40]:40s} {r['stock_tok_s']:11.1f} {r['medusa_tok_s']:12.1f} "
+                     f"{r['speedup']:7.2f}x {r['mean_accepted']:8.2f} {'yes' if r['identical'] else 'NO':>5s}"
+                     + (f" {r['lookup_speedup']:7.2f}x" if "lookup_speedup" in r else ""))
     lines += [
         "",
         f"speedup median {s['speedup_median']:.2f}x (min {s['speedup_min']:.2f}, max {s['speedup_max']:.2f}); "
         f"mean accepted {s['mean_accepted']:.2f} tokens/pass; per-head acceptance "
         + ", ".join(f"{a:.2f}" for a in s["head_acceptance"]),
         f"outputs identical to stock: {'all' if s['all_identical'] else 'NOT all'}",
+        "time split (all prompts, last run): " + ", ".join(f"{k} {v:.0f} ms" for k, v in s["time_split_ms"].items())
+        + f"; heads + Python bookkeeping = {s['overhead_fraction']:.0%} of the speculative time",
     ]
+    if "predicted_speedup" in s:
+        lines.append(f"auto tree: predicted {s['predicted_speedup']:.2f}x, measured median {s['speedup_median']:.2f}x; "
+                     f"perfect heads on this cost curve: {s['perfect_bound']:.2f}x")
+    if "lookup_speedup_median" in s:
+        lines.append(f"peer: llama-cpp-python prompt-lookup speculation {s['lookup_speedup_median']:.2f}x median, "
+                     f"identical {'all' if s['lookup_all_identical'] else 'NOT all'}")
+    for w in s.get("sweep", []):
+        lines.append(f"sweep: {w['tree']:>14s} ({w['nodes']:2d} nodes) {w['speedup']:.2f}x")
     return "\n".join(lines)
 
 
@@ -187,14 +192,45 @@ def main(args) -> int:
     prompts = None
     if args.prompts:
         prompts = read_prompts(args.prompts)
+    sweep = SWEEP_TREES if args.sweep else ()
     s = run_bench(model=args.model, heads=args.heads, prompts=prompts, max_tokens=args.max_tokens, runs=args.runs,
                   choices=args.choices, n_threads=args.threads, n_threads_batch=args.threads_batch,
-                  log=lambda msg: print(msg, file=sys.stderr))
+                  peer=not args.no_peer, sweep=sweep, log=lambda msg: print(msg, file=sys.stderr))
     print(format_table(s))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(s, f, indent=1)
+    if args.plot:
+        plot(s, args.plot)
     return 0 if s["all_identical"] else 1
+
+
+SWEEP_TREES = ("chain-1", "chain-2", "chain-3", "small", [[0], [1], [0, 0], [2], [0, 1], [1, 0], [0, 0, 0], [3],
+                [0, 2], [1, 1], [2, 0], [0, 0, 1], [4], [0, 3], [0, 0, 0, 0]][:15], "mc_sim_7b_63")
+
+
+def plot(s: dict, path: str) -> None:
+    """tokens/s per prompt, accepted tokens per pass, and the verify cost curve (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'llama-medusa[plot]'") from None
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    idx = range(len(s["prompts"]))
+    ax[0].bar([i - 0.2 for i in idx], [r["stock_tok_s"] for r in s["prompts"]], 0.4, label="stock")
+    ax[0].bar([i + 0.2 for i in idx], [r["medusa_tok_s"] for r in s["prompts"]], 0.4, label="medusa")
+    ax[0].set(title="tokens/s per prompt", xlabel="prompt")
+    ax[0].legend()
+    ax[1].hist([r["mean_accepted"] for r in s["prompts"]], bins=10)
+    ax[1].set(title="mean accepted tokens per pass", xlabel="tokens/pass")
+    ks = [int(k) for k in s["verify_cost_ratio"]]
+    ax[2].plot(ks, [s["verify_cost_ratio"][str(k)] for k in ks], "o-")
+    ax[2].set(title="verify cost t(T)/t(1)", xlabel="T tokens")
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def read_prompts(path: str) -> List[str]:

@@ -25,4 +25,4 @@ class HeadsDrafter:
 
     def propose(self, hidden: np.ndarray, tokens: np.ndarray, k: int) -> np.ndarray:
         ids, _ = self.engine.topk(hidden.reshape(1, -1), k)
-        return ids[0]
+        return self.heads.token_ids(ids[0])

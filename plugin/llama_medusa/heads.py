@@ -46,6 +46,9 @@ class MedusaHeads:
     source: str = "<memory>"
     format: str = "llama-medusa"
     meta: Dict[str, Any] = field(default_factory=dict)
+    # Token ids the heads may propose (sorted), or None for the whole vocabulary. The projection is evaluated on
+    # these rows only: 8,192 of SmolLM2's 49,152 tokens cost a sixth of the full projection (vLLM's token_map).
+    draft_vocab: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if not self.blocks:
@@ -71,6 +74,11 @@ class MedusaHeads:
                 raise ValueError(f"{self.source}: head {k} projection has shape {p.shape}, expected [vocab, {H}]")
         if len(vocabs) > 1:
             raise ValueError(f"{self.source}: head projections disagree on the vocabulary size: {sorted(vocabs)}")
+        if self.draft_vocab is not None:
+            dv = np.asarray(self.draft_vocab)
+            if dv.ndim != 1 or len(dv) == 0 or dv.min() < 0 or np.any(np.diff(dv) <= 0):
+                raise ValueError(f"{self.source}: draft_vocab must be a non-empty, sorted list of distinct token ids")
+            self.draft_vocab = dv.astype(np.int32)
 
     @property
     def n_heads(self) -> int:
@@ -126,6 +134,8 @@ class MedusaHeads:
                     tensors[f"head.{k}.block.{l}.w_out"] = np.ascontiguousarray(w_out)
             if self.proj[k] is not None:
                 tensors[f"head.{k}.proj"] = np.ascontiguousarray(self.proj[k])
+        if self.draft_vocab is not None:
+            tensors["draft_vocab"] = np.ascontiguousarray(self.draft_vocab, dtype=np.int32)
         meta = dict(self.meta)
         meta.update(extra_meta or {})
         meta.update(
@@ -147,6 +157,11 @@ class MedusaHeads:
             raise ValueError(
                 f"Medusa heads {self.source} project onto {self.vocab_size} tokens, but the model's vocabulary has "
                 f"{n_vocab}: these heads were trained for another model"
+            )
+        if self.draft_vocab is not None and int(self.draft_vocab.max()) >= n_vocab:
+            raise ValueError(
+                f"Medusa heads {self.source} draft from token id {int(self.draft_vocab.max())}, but the model's "
+                f"vocabulary has {n_vocab} tokens: these heads were trained for another model"
             )
         expect = self.meta.get("n_vocab")
         if expect is not None and int(expect) != n_vocab:
@@ -180,14 +195,21 @@ class MedusaHeads:
                         raise ValueError(
                             f"the model's output matrix has shape {backbone_proj.shape}, expected ({n_vocab}, {n_embd})"
                         )
-                    shared_id = eng.add_projection(*convert_projection(backbone_proj, proj_dtype))
+                    shared_id = eng.add_projection(*convert_projection(self._rows(backbone_proj), proj_dtype))
                 pid = shared_id
             else:
                 if id(p) not in ids:
-                    ids[id(p)] = eng.add_projection(*convert_projection(p, proj_dtype))
+                    ids[id(p)] = eng.add_projection(*convert_projection(self._rows(p), proj_dtype))
                 pid = ids[id(p)]
             eng.add_head([(w_in, b_in, w_out) for (w_in, b_in, w_out) in self.blocks[k]], pid)
         return eng
+
+    def _rows(self, w: np.ndarray) -> np.ndarray:
+        return w if self.draft_vocab is None else w[self.draft_vocab]
+
+    def token_ids(self, local: np.ndarray) -> np.ndarray:
+        """Engine row indices -> token ids."""
+        return local if self.draft_vocab is None else self.draft_vocab[local]
 
 
 def convert_projection(w: np.ndarray, dtype: str):
@@ -219,13 +241,14 @@ def _load_safetensors(path: str) -> MedusaHeads:
         raise ValueError(f"{path}: corrupt or truncated safetensors file ({e})") from None
     except Exception as e:  # safetensors raises bare exceptions for some malformed headers
         raise ValueError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
+    draft_vocab = tensors.pop("draft_vocab", None)
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
     if FORMAT_KEY in meta:
-        return _from_own(path, tensors, json.loads(meta[FORMAT_KEY]))
+        return _from_own(path, tensors, json.loads(meta[FORMAT_KEY]), draft_vocab)
     return _from_medusa(path, tensors)
 
 
-def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any]) -> MedusaHeads:
+def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_vocab=None) -> MedusaHeads:
     if int(meta.get("version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{path}: heads format version {meta.get('version')} is newer than this llama-medusa reads")
     n = int(meta["n_heads"])
@@ -240,7 +263,8 @@ def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any]) -> Medu
         proj.append(t.get(f"head.{k}.proj"))
         if not head and proj[-1] is None:
             raise ValueError(f"{path}: head {k} has no tensors")
-    return MedusaHeads(blocks, proj, int(meta["hidden_size"]), source=path, format="llama-medusa", meta=meta)
+    return MedusaHeads(blocks, proj, int(meta["hidden_size"]), source=path, format="llama-medusa", meta=meta,
+                       draft_vocab=draft_vocab)
 
 
 def _from_medusa(path: str, t: Dict[str, np.ndarray]) -> MedusaHeads:

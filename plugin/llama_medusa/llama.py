@@ -36,7 +36,7 @@ from .heads import MedusaHeads
 from .stats import MedusaStats
 from .tree import Tree
 
-DEFAULT_CHOICES = "small"
+DEFAULT_CHOICES = "auto"
 
 # Largest verify batch whose logits equal token-by-token decoding bit for bit on llama.cpp's CPU backend: from 64
 # tokens on, the matrix products take another kernel path and a row's logits move by ~0.3 (measured with
@@ -50,7 +50,9 @@ class Llama(llama_cpp.Llama):
     Extra arguments (all keyword-only):
         medusa_heads: path of a heads file (any supported format), a MedusaHeads, or a drafter object with
             ``propose(hidden, tokens, k)``. None: plain llama-cpp-python behaviour.
-        medusa_choices: the candidate tree: a preset name ("small", "mc_sim_7b_63", "chain-N") or a list of rank
+        medusa_choices: the candidate tree: "auto" (default: measure this machine's verify cost and pick the tree
+            with the most expected tokens per second from the heads' measured accuracies, or plain decoding when
+            no tree wins; see llm.medusa_auto), a preset ("small", "mc_sim_7b_63", "chain-N"), or a list of rank
             paths as in FasterDecoding/Medusa.
         medusa_top_k: candidates taken from each head (default: the largest rank the tree uses, plus one).
         medusa_proj_dtype: storage of the vocabulary projection in the native head evaluator: "i8" (default),
@@ -103,6 +105,9 @@ class Llama(llama_cpp.Llama):
                 self.model_path, n_embd, self._n_vocab, medusa_proj_dtype, n_threads=self.n_threads_batch
             )
             drafter = HeadsDrafter(heads, engine)
+        self.medusa_auto = None
+        if isinstance(medusa_choices, str) and medusa_choices == "auto":
+            medusa_choices = self._auto_choices(drafter, n_embd, medusa_top_k or 10, medusa_max_batch)
         tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
         self._medusa = _MedusaState(
             drafter=drafter,
@@ -113,6 +118,18 @@ class Llama(llama_cpp.Llama):
             max_batch=medusa_max_batch,
         )
         self._rebuild_context(n_seq=max(1, tree.n_leaves))
+
+    def _auto_choices(self, drafter, n_embd: int, top_k: int, max_batch: int):
+        from . import autotree
+
+        self._medusa = _MedusaState(drafter, Tree([]), top_k, n_embd, None, max_batch)
+        self._rebuild_context(n_seq=1)  # measure on a context like the one that will verify
+        cost = autotree.cost_curve(self)
+        acc = autotree.accuracy_table(drafter, top_k)
+        t_heads = autotree.heads_time(drafter, n_embd, top_k)
+        self.medusa_auto = autotree.choose(acc, cost, t_heads, max_nodes=max_batch - 1 - drafter.n_heads)
+        self.medusa_auto.update(cost_s=cost, heads_s=t_heads)
+        return self.medusa_auto["choices"]
 
     # ------------------------------------------------------------------ context
     def _rebuild_context(self, n_seq: int) -> None:
@@ -225,7 +242,7 @@ class Llama(llama_cpp.Llama):
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             penalize_nl=penalize_nl, logits_processor=logits_processor, grammar=grammar,
         )
-        if self._medusa is None:
+        if self._medusa is None or len(self._medusa.tree) == 1:  # no heads, or "auto" found no tree that wins
             yield from super().generate(tokens, reset=reset, stopping_criteria=stopping_criteria, **sampling)
             return
         self._mirostat_mu = ctypes.c_float(2.0 * mirostat_tau)

@@ -1,0 +1,185 @@
+"""`medusa_choices="auto"`: the tree that maximises expected tokens per second on this machine.
+
+Expected tokens per step of a tree = 1 + sum over its nodes of the product of acc[d][r] along the node's path
+(Medusa's explore_graph model: head d's rank-r candidate is right with probability acc[d][r], independently).
+Adding the best frontier node first keeps every size's tree optimal for that model (children never beat their
+parents when acc falls with rank). Each size n is priced with the backbone's measured verify cost t(n+1) plus
+the heads' measured time; the best size wins, and if none beats plain decoding (1 token per t(1)) the decoder
+decodes plainly. The verify cost curve is measured once per model, thread count and CPU and cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Rank hit rates used when heads carry no measured accuracy: FasterDecoding/Medusa's Vicuna-7B heads
+# (assets/medusa_acc.csv top-1 and top-5, spread over ranks), a middle-of-the-road prior.
+PRIOR_TOP1 = [0.56, 0.32, 0.20, 0.15, 0.12]
+PRIOR_TOP5 = [0.78, 0.56, 0.42, 0.34, 0.30]
+
+COST_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 63)
+
+
+def prior_accuracy(n_heads: int, top_k: int = 10) -> np.ndarray:
+    acc = np.zeros((n_heads, top_k))
+    for d in range(n_heads):
+        t1, t5 = PRIOR_TOP1[min(d, 4)], PRIOR_TOP5[min(d, 4)]
+        acc[d, 0] = t1
+        acc[d, 1:5] = (t5 - t1) / 4
+        acc[d, 5:] = (t5 - t1) / 16
+    return acc
+
+
+def rank_accuracy(cumulative: Sequence[Sequence[float]]) -> np.ndarray:
+    """Cumulative top-1..k hit rates (as stored in heads files) -> per-rank hit rates acc[d][r]."""
+    c = np.asarray(cumulative, dtype=np.float64)
+    return np.diff(np.concatenate([np.zeros((c.shape[0], 1)), c], axis=1), axis=1).clip(min=0.0)
+
+
+def grow_tree(acc: np.ndarray, max_nodes: int) -> List[Tuple[Tuple[int, ...], float]]:
+    """Nodes in the order the greedy construction adds them, each with its path probability."""
+    n_heads, top_k = acc.shape
+    frontier = {(r,): acc[0, r] for r in range(top_k)}
+    chosen: List[Tuple[Tuple[int, ...], float]] = []
+    while frontier and len(chosen) < max_nodes:
+        path = max(frontier, key=lambda p: (frontier[p], [-x for x in p]))
+        prob = frontier.pop(path)
+        chosen.append((path, prob))
+        if len(path) < n_heads:
+            for r in range(top_k):
+                frontier[path + (r,)] = prob * acc[len(path), r]
+    return chosen
+
+
+def interpolate(cost: Dict[int, float], T: int) -> float:
+    ks = sorted(cost)
+    if T in cost:
+        return cost[T]
+    if T > ks[-1]:
+        return cost[ks[-1]] * T / ks[-1]
+    lo = max(k for k in ks if k < T)
+    hi = min(k for k in ks if k > T)
+    return cost[lo] + (cost[hi] - cost[lo]) * (T - lo) / (hi - lo)
+
+
+def choose(acc: np.ndarray, cost: Dict[int, float], t_heads: float, max_nodes: int = 62, min_gain: float = 1.0):
+    """Best tree for this accuracy table and cost curve.
+
+    Returns dict: choices (list of paths; [] = plain decoding), predicted_speedup over plain decoding,
+    expected_tokens, perfect_bound (speedup of perfect heads on this cost curve), and the whole size sweep."""
+    nodes = grow_tree(acc, max_nodes)
+    t1 = cost[1]
+    sweep = []
+    expected = 1.0
+    for n in range(0, len(nodes) + 1):
+        if n:
+            expected += nodes[n - 1][1]
+        step = interpolate(cost, n + 1) + (t_heads if n else 0.0)
+        sweep.append({"nodes": n, "expected_tokens": expected, "step_s": step, "speedup": expected * t1 / step})
+    best = max(sweep, key=lambda s: s["speedup"])
+    n_heads = acc.shape[0]
+    perfect = max((d + 1) * t1 / (interpolate(cost, d + 1) + (t_heads if d else 0.0)) for d in range(n_heads + 1))
+    if best["speedup"] < min_gain:
+        best = sweep[0]
+    return {
+        "choices": [list(p) for p, _ in nodes[: best["nodes"]]],
+        "predicted_speedup": best["speedup"],
+        "expected_tokens": best["expected_tokens"],
+        "perfect_bound": perfect,
+        "sweep": sweep,
+    }
+
+
+def _cpu() -> str:
+    """This machine's CPU model (part of the cost cache key; printed by the bench)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 3, use_cache: bool = True) -> Dict[int, float]:
+    """Median seconds of one llama_decode of T tokens (every token an output, embeddings on, as a verify pass) on
+    this llama context, cached per model file, thread counts, GPU layers and CPU."""
+    import llama_cpp
+
+    from .models import cache_dir
+
+    key = json.dumps([os.path.basename(llm.model_path), os.path.getsize(llm.model_path), llm.n_threads,
+                      llm.n_threads_batch, llm.model_params.n_gpu_layers, _cpu(), list(sizes)])
+    path = os.path.join(cache_dir(), "cost", hashlib.sha1(key.encode()).hexdigest() + ".json")
+    if use_cache and os.path.exists(path):
+        with open(path) as f:
+            return {int(k): v for k, v in json.load(f).items()}
+    ctx = llm._ctx.ctx
+    mem = llama_cpp.llama_get_memory(ctx)
+    prefix = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 6)
+    batch = llama_cpp.llama_batch_init(max(len(prefix), max(sizes)), 0, 1)
+
+    def decode(toks, p0, outputs):
+        for i, t in enumerate(toks):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, p0 + i, 1, outputs
+            batch.seq_id[i][0] = 0
+        batch.logits[len(toks) - 1] = True
+        batch.n_tokens = len(toks)
+        if llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed while measuring the verify cost")
+
+    try:
+        llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
+        llama_cpp.llama_set_embeddings(ctx, False)
+        decode(prefix, 0, False)
+        llama_cpp.llama_set_embeddings(ctx, True)
+        out = {}
+        for T in sizes:
+            times = []
+            for _ in range(repeats + 1):  # the first run warms the graph for this size
+                llama_cpp.llama_memory_seq_rm(mem, -1, len(prefix), -1)
+                t0 = time.perf_counter()
+                decode([prefix[i % len(prefix)] for i in range(T)], len(prefix), True)
+                times.append(time.perf_counter() - t0)
+            out[T] = statistics.median(times[1:])
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
+        llama_cpp.llama_set_embeddings(ctx, False)
+        llm.n_tokens = 0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f)
+    return out
+
+
+def heads_time(drafter, n_embd: int, top_k: int, repeats: int = 5) -> float:
+    h = np.random.default_rng(0).standard_normal(n_embd).astype(np.float32)
+    toks = np.zeros(1, np.int32)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        drafter.propose(h, toks, top_k)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def accuracy_table(drafter, top_k: int) -> np.ndarray:
+    """The drafter's per-rank hit rates: measured ones from its heads file, else the prior."""
+    heads = getattr(drafter, "heads", None)
+    cum: Optional[list] = heads.meta.get("top_k_accuracy") if heads is not None else None
+    if cum:
+        acc = rank_accuracy(cum)
+        if acc.shape[1] < top_k:
+            acc = np.pad(acc, ((0, 0), (0, top_k - acc.shape[1])))
+        return acc[: drafter.n_heads, :top_k]
+    return prior_accuracy(drafter.n_heads, top_k)

@@ -1,0 +1,82 @@
+"""Training, the bench command and the CLI's bad-input messages, on the real model."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llama_medusa import MedusaHeads
+from llama_medusa.gguf_heads import read_output_matrix
+from llama_medusa.train import accuracy, collect, fit_heads_ce, generic_prompts
+
+
+@pytest.fixture(scope="module")
+def small_data(model_path):
+    return collect(model_path, generic_prompts()[:6], max_tokens=64, log=lambda m: None)
+
+
+def test_tiny_training_beats_untrained_heads(model_path, small_data):
+    proj = read_output_matrix(model_path)
+    n_states = sum(len(t) - n for t, _, n in small_data)
+    assert 200 <= n_states <= 1000  # "a few hundred hidden states"
+    trained, vocab = fit_heads_ce(small_data, proj, n_heads=2, epochs=6, inner=256, log=lambda m: None), None
+    untrained = MedusaHeads([[(b[0][0], b[0][1], np.zeros_like(b[0][2]))] for b in trained.blocks], [None, None],
+                            trained.hidden_size, draft_vocab=trained.draft_vocab)
+    acc_t = accuracy(trained, model_path, small_data, proj=proj)
+    acc_u = accuracy(untrained, model_path, small_data, proj=proj)
+    for k in range(2):
+        assert acc_t[k][4] > acc_u[k][4] + 0.1, (acc_t, acc_u)  # top-5, same data
+
+
+def test_trained_heads_roundtrip_with_draft_vocab(model_path, small_data, tmp_path):
+    proj = read_output_matrix(model_path)
+    heads = fit_heads_ce(small_data, proj, n_heads=2, epochs=1, inner=64, log=lambda m: None)
+    path = str(tmp_path / "h.safetensors")
+    heads.save(path, extra_meta={"n_vocab": 49152})
+    back = MedusaHeads.load(path)
+    np.testing.assert_array_equal(back.draft_vocab, heads.draft_vocab)
+    eng = back.engine(model_path, 576, 49152, "i8", backbone_proj=proj)
+    ids, _ = eng.topk(small_data[0][1][:3], 5)
+    assert set(back.token_ids(ids).ravel()) <= set(heads.draft_vocab.tolist())
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "llama_medusa.cli", *args], capture_output=True, text=True)
+
+
+def random_heads_file(tmp_path, hidden=576):
+    rng = np.random.default_rng(0)
+    h = MedusaHeads([[(rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.02, None, None)]] * 2,
+                    [None, None], hidden)
+    path = str(tmp_path / f"heads{hidden}.safetensors")
+    h.save(path)
+    return path
+
+
+def test_bench_json_fields(model_path, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Say hi.\n\nName a color.\n")
+    out = tmp_path / "b.json"
+    r = run_cli("bench", "--model", model_path, "--heads", random_heads_file(tmp_path), "--prompts", str(prompts),
+                "--max-tokens", "12", "--runs", "1", "--choices", "chain-2", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    for key in ("machine", "model", "heads", "tree", "verify_cost_ms", "verify_cost_ratio", "speedup_median",
+                "mean_accepted", "head_acceptance", "all_identical", "prompts", "lookup_speedup_median",
+                "time_split_ms", "overhead_fraction"):
+        assert key in s, key
+    assert s["all_identical"] and len(s["prompts"]) == 2
+    assert {"read_GBps", "f32_GFLOPs", "cpu"} <= set(s["machine"])
+    assert "speedup" in r.stdout and "identical" in r.stdout
+
+
+def test_cli_bad_inputs(model_path, tmp_path):
+    binary = tmp_path / "p.bin"
+    binary.write_bytes(b"\x00\x01\x02\xff\xfe")
+    r = run_cli("bench", "--model", model_path, "--heads", random_heads_file(tmp_path), "--prompts", str(binary))
+    assert r.returncode == 2 and "not" in r.stderr and "text" in r.stderr
+    r = run_cli("bench", "--model", model_path, "--heads", random_heads_file(tmp_path, hidden=64), "--max-tokens", "4")
+    assert r.returncode == 2 and "hidden size 64" in r.stderr and "576" in r.stderr
+    r = run_cli("bench", "--model", model_path, "--heads", str(tmp_path / "missing.safetensors"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
