@@ -216,3 +216,17 @@ def test_mismatched_heads_are_rejected(model_path, tmp_path):
         medusa(model_path, str(tmp_path / "nope.safetensors"), n_ctx=256)
     with pytest.raises(ValueError, match="only 3 heads"):
         medusa(model_path, random_heads(), choices="chain-4", n_ctx=256)
+
+
+def test_shipped_heads_with_auto_tree(model_path, reference):
+    """The product's default path: shipped heads, medusa_choices="auto", greedy identical to stock."""
+    from llama_medusa.shipped import default_heads_path
+
+    heads = MedusaHeads.load(default_heads_path(model_path))
+    assert heads.hidden_size == 576 and heads.meta.get("top_k_accuracy")
+    pt, ref = reference(PROMPTS[1], 160)
+    llm = Llama(model_path, medusa_heads=heads, verbose=False, n_ctx=N_CTX, **THREADS)
+    auto = llm.medusa_auto
+    assert auto is not None and auto["perfect_bound"] >= auto["predicted_speedup"] >= 1.0
+    assert len(llm.medusa_tree) == len(auto["choices"]) + 1
+    assert medusa_tokens(llm, pt, 160, temp=0.0) == ref

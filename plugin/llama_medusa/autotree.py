@@ -110,7 +110,7 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 3, use_cache: bool = True) -> Dict[int, float]:
+def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 5, use_cache: bool = True) -> Dict[int, float]:
     """Median seconds of one llama_decode of T tokens (every token an output, embeddings on, as a verify pass) on
     this llama context, cached per model file, thread counts, GPU layers and CPU."""
     import llama_cpp
@@ -151,6 +151,10 @@ def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 3, use_cac
                 decode([prefix[i % len(prefix)] for i in range(T)], len(prefix), True)
                 times.append(time.perf_counter() - t0)
             out[T] = statistics.median(times[1:])
+        # A bigger batch never costs less: a slow outlier (another process, a page fault) at one size must not
+        # make it look dearer than a larger one.
+        for T in sorted(out, reverse=True)[1:]:
+            out[T] = min(out[T], min(v for k, v in out.items() if k > T))
     finally:
         llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)

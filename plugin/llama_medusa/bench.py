@@ -129,18 +129,23 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         summary["lookup_speedup_median"] = statistics.median(r["lookup_speedup"] for r in rows)
         summary["lookup_all_identical"] = all(r["lookup_identical"] for r in rows)
     if sweep:
-        summary["sweep"] = run_sweep(model, heads, prompts, max_tokens, sweep, common, engines["stock"], log)
+        n_heads_loaded = med._medusa.drafter.n_heads
+        summary["sweep"] = run_sweep(model, heads, prompts, max_tokens, sweep, common, engines["stock"],
+                                     n_heads_loaded, log)
     return summary
 
 
-def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, log) -> List[dict]:
-    """Tokens/s of each candidate tree on the same prompts (one run each), beside stock, for checking "auto"."""
+def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, log) -> List[dict]:
+    """Tokens/s of each candidate tree on the same prompts (one run each), beside stock, for checking "auto".
+    Trees are cut to the depth the loaded heads can fill."""
     from .llama import Llama
+    from .tree import resolve_choices
 
     out = []
     base = sum(_timed_chat(stock, p, max_tokens)[2] for p in prompts)
     for choice in trees:
-        llm = Llama(model, medusa_heads=heads, medusa_choices=choice, **common)
+        paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]
+        llm = Llama(model, medusa_heads=heads, medusa_choices=paths, **common)
         total, toks = 0.0, 0
         for p in prompts:
             _, n, dt = _timed_chat(llm, p, max_tokens)

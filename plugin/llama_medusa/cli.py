@@ -27,8 +27,13 @@ def main(argv=None) -> int:
     t.add_argument("--model", help="GGUF model (default: the embedded SmolLM2)")
     t.add_argument("--out", required=True, help="heads file to write (llama-medusa safetensors format)")
     t.add_argument("--heads", type=int, default=3)
-    t.add_argument("--max-tokens", type=int, default=160, help="answer length per training prompt")
+    t.add_argument("--max-tokens", type=int, default=200, help="answer length per training prompt")
     t.add_argument("--seed", type=int, default=0)
+
+    q = sub.add_parser("requantize", help="copy a GGUF into another weight type with llama.cpp's quantize API")
+    q.add_argument("src")
+    q.add_argument("dst")
+    q.add_argument("--type", default="f16", help="f16 (default), q8_0, q4_0, q4_1, f32")
 
     args = ap.parse_args(argv)
     if args.cmd is None:
@@ -39,7 +44,11 @@ def main(argv=None) -> int:
             from .bench import main as bench_main
 
             return bench_main(args)
-        from .models import default_model_path
+        from .models import default_model_path, requantize
+
+        if args.cmd == "requantize":
+            requantize(args.src, args.dst, args.type)
+            return 0
         from .train import train
 
         train(args.model or default_model_path(), args.out, n_heads=args.heads, max_tokens=args.max_tokens,

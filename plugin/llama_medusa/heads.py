@@ -121,7 +121,8 @@ class MedusaHeads:
         raise ValueError(f"{path}: not a safetensors or GGUF file (unrecognised header {magic[:8]!r})")
 
     # ------------------------------------------------------------------ saving (own format)
-    def save(self, path: str, extra_meta: Optional[Dict[str, Any]] = None) -> None:
+    def save(self, path: str, extra_meta: Optional[Dict[str, Any]] = None, half: bool = False) -> None:
+        """Writes the llama-medusa format; half=True stores weights as float16 (loaded back as float32)."""
         from safetensors.numpy import save_file
 
         tensors: Dict[str, np.ndarray] = {}
@@ -136,6 +137,8 @@ class MedusaHeads:
                 tensors[f"head.{k}.proj"] = np.ascontiguousarray(self.proj[k])
         if self.draft_vocab is not None:
             tensors["draft_vocab"] = np.ascontiguousarray(self.draft_vocab, dtype=np.int32)
+        if half:
+            tensors = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in tensors.items()}
         meta = dict(self.meta)
         meta.update(extra_meta or {})
         meta.update(

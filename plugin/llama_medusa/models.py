@@ -52,3 +52,34 @@ def default_model_path(quiet: bool = False) -> str:
                     dst.write(chunk)
             os.replace(part, target)
     return target
+
+
+FTYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_1": 3, "f32": 0}  # llama_ftype values
+
+
+def requantize(src: str, dst: str, ftype: str = "f16", n_threads: int = 0) -> str:
+    """A copy of a GGUF in another weight type, by llama.cpp's own quantize API (allow_requantize: the source may
+    itself be quantised, so an F16 copy of a Q4_1 file carries the Q4_1 rounding, at F16 cost)."""
+    import llama_cpp
+
+    if ftype not in FTYPES:
+        raise ValueError(f"unknown weight type {ftype!r}; choose one of {sorted(FTYPES)}")
+    if not os.path.exists(src):
+        raise ValueError(f"model does not exist: {src}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[ftype]
+    params.allow_requantize = True
+    params.nthread = n_threads
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc}) for {src} -> {dst}")
+    return dst
+
+
+def default_f16_path() -> str:
+    """F16 copy of the default model (made once, in the cache)."""
+    target = os.path.join(cache_dir(), DEFAULT_GGUF.replace("Q4_1", "F16"))
+    if not os.path.exists(target):
+        requantize(default_model_path(), target + ".part", "f16")
+        os.replace(target + ".part", target)
+    return target

@@ -243,6 +243,6 @@ def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = 20
         "method": "self-distilled cross-entropy over the draft vocabulary, shared backbone projection",
         "train_prompts": len(train_data), "train_states": int(sum(len(d[0]) - d[2] for d in train_data)),
         "top_k_accuracy": acc,
-    })
+    }, half=True)
     log("held-out top-1 accuracy per head: " + ", ".join(f"{a[0]:.2f}" for a in acc))
     return heads, acc
