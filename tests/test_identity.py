@@ -230,3 +230,9 @@ def test_shipped_heads_with_auto_tree(model_path, reference):
     assert auto is not None and auto["perfect_bound"] >= auto["predicted_speedup"] >= 1.0
     assert len(llm.medusa_tree) == len(auto["choices"]) + 1
     assert medusa_tokens(llm, pt, 160, temp=0.0) == ref
+
+
+def test_generate_needs_a_token(model_path):
+    llm = medusa(model_path, random_heads(), n_ctx=256)
+    with pytest.raises(ValueError, match="at least one token"):
+        next(llm.generate([], temp=0.0))

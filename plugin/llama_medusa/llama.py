@@ -298,6 +298,8 @@ class _MedusaRun:
         llm = self.llm
         t0 = time.perf_counter()
         known = min(llm.n_tokens, llm._kv_len())
+        if not self.tokens and (self.reset or llm.n_tokens == 0):
+            raise ValueError("generate() needs at least one token")
         if self.reset:
             full = self.tokens
             common = 0
@@ -309,8 +311,6 @@ class _MedusaRun:
         else:
             full = [int(t) for t in llm.input_ids[: llm.n_tokens]] + self.tokens
             keep = min(known, len(full) - 1)
-        if not full:
-            raise ValueError("generate() needs at least one token")
         if len(full) > llm._n_ctx:
             raise ValueError(f"Requested tokens ({len(full)}) exceed context window of {llm._n_ctx}")
         llm._truncate(keep)
