@@ -20,7 +20,7 @@ def test_tiny_training_beats_untrained_heads(model_path, small_data):
     proj = read_output_matrix(model_path)
     n_states = sum(len(t) - n for t, _, n in small_data)
     assert 200 <= n_states <= 1000  # "a few hundred hidden states"
-    trained, vocab = fit_heads_ce(small_data, proj, n_heads=2, epochs=6, inner=256, log=lambda m: None), None
+    trained = fit_heads_ce(small_data, proj, n_heads=2, epochs=6, inner=256, log=lambda m: None)
     untrained = MedusaHeads([[(b[0][0], b[0][1], np.zeros_like(b[0][2]))] for b in trained.blocks], [None, None],
                             trained.hidden_size, draft_vocab=trained.draft_vocab)
     acc_t = accuracy(trained, model_path, small_data, proj=proj)

@@ -96,7 +96,7 @@ def choose(acc: np.ndarray, cost: Dict[int, float], t_heads: float, max_nodes: i
     }
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
     """This machine's CPU model (part of the cost cache key; printed by the bench)."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -118,7 +118,7 @@ def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 5, use_cac
     from .models import cache_dir
 
     key = json.dumps([os.path.basename(llm.model_path), os.path.getsize(llm.model_path), llm.n_threads,
-                      llm.n_threads_batch, llm.model_params.n_gpu_layers, _cpu(), list(sizes)])
+                      llm.n_threads_batch, llm.model_params.n_gpu_layers, cpu_name(), list(sizes)])
     path = os.path.join(cache_dir(), "cost", hashlib.sha1(key.encode()).hexdigest() + ".json")
     if use_cache and os.path.exists(path):
         with open(path) as f:

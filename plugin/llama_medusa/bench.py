@@ -107,7 +107,7 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
     tree = med.medusa_tree
     split = {k: sum(r["time_split_ms"][k] for r in rows) for k in rows[0]["time_split_ms"]}
     summary = {
-        "machine": {"cpu": autotree._cpu(), "cores": os.cpu_count(), **roof},
+        "machine": {"cpu": autotree.cpu_name(), "cores": os.cpu_count(), **roof},
         "model": os.path.basename(model), "heads": os.path.basename(str(heads)),
         "choices": choices if isinstance(choices, str) else "custom",
         "tree": tree.choices, "tree_nodes": len(tree), "runs": runs, "max_tokens": max_tokens,
@@ -146,11 +146,7 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
     for choice in trees:
         paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]
         llm = Llama(model, medusa_heads=heads, medusa_choices=paths, **common)
-        total, toks = 0.0, 0
-        for p in prompts:
-            _, n, dt = _timed_chat(llm, p, max_tokens)
-            total += dt
-            toks += n
+        total = sum(_timed_chat(llm, p, max_tokens)[2] for p in prompts)
         name = choice if isinstance(choice, str) else f"{len(choice)} nodes"
         out.append({"tree": name, "nodes": len(llm.medusa_tree), "speedup": base / total})
         log(f"sweep {name}: {base / total:.2f}x")
@@ -211,7 +207,7 @@ def main(args) -> int:
 
 
 SWEEP_TREES = ("chain-1", "chain-2", "chain-3", "small", [[0], [1], [0, 0], [2], [0, 1], [1, 0], [0, 0, 0], [3],
-                [0, 2], [1, 1], [2, 0], [0, 0, 1], [4], [0, 3], [0, 0, 0, 0]][:15], "mc_sim_7b_63")
+                [0, 2], [1, 1], [2, 0], [0, 0, 1], [4], [0, 3], [0, 0, 0, 0]], "mc_sim_7b_63")
 
 
 def plot(s: dict, path: str) -> None:

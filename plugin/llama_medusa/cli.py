@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     t.add_argument("--model", help="GGUF model (default: the embedded SmolLM2)")
     t.add_argument("--out", required=True, help="heads file to write (llama-medusa safetensors format)")
     t.add_argument("--heads", type=int, default=3)
-    t.add_argument("--max-tokens", type=int, default=200, help="answer length per training prompt")
+    t.add_argument("--max-tokens", type=int, default=None,
+                   help="answer length per training prompt (default: llama_medusa.train.ANSWER_TOKENS)")
     t.add_argument("--seed", type=int, default=0)
 
     q = sub.add_parser("requantize", help="copy a GGUF into another weight type with llama.cpp's quantize API")
@@ -49,9 +50,10 @@ def main(argv=None) -> int:
         if args.cmd == "requantize":
             requantize(args.src, args.dst, args.type)
             return 0
-        from .train import train
+        from .train import ANSWER_TOKENS, train
 
-        train(args.model or default_model_path(), args.out, n_heads=args.heads, max_tokens=args.max_tokens,
+        train(args.model or default_model_path(), args.out, n_heads=args.heads,
+              max_tokens=args.max_tokens or ANSWER_TOKENS,
               seed=args.seed, log=lambda m: print(m, file=sys.stderr))
         return 0
     except ValueError as e:

@@ -75,11 +75,3 @@ def requantize(src: str, dst: str, ftype: str = "f16", n_threads: int = 0) -> st
         raise RuntimeError(f"llama_model_quantize failed ({rc}) for {src} -> {dst}")
     return dst
 
-
-def default_f16_path() -> str:
-    """F16 copy of the default model (made once, in the cache)."""
-    target = os.path.join(cache_dir(), DEFAULT_GGUF.replace("Q4_1", "F16"))
-    if not os.path.exists(target):
-        requantize(default_model_path(), target + ".part", "f16")
-        os.replace(target + ".part", target)
-    return target

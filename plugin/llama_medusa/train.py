@@ -66,6 +66,9 @@ CODE_TASKS = [
 ]
 
 
+ANSWER_TOKENS = 200  # answer length per training prompt; part of the collection cache key
+
+
 def generic_prompts():
     """The built-in training prompts: hand-written ones, then topic x template and code-task combinations."""
     out = list(TRAIN_PROMPTS)
@@ -74,7 +77,7 @@ def generic_prompts():
     return out
 
 
-def collect(model_path: str, prompts: Sequence[str], max_tokens: int = 200, n_threads: Optional[int] = None,
+def collect(model_path: str, prompts: Sequence[str], max_tokens: int = ANSWER_TOKENS, n_threads: Optional[int] = None,
             log=print):
     """Greedy answers through the model's chat template and their final-norm states, one cached .npz per prompt:
     list of (tokens [n], states [n, H], prompt length)."""
@@ -219,7 +222,7 @@ def accuracy(heads, model_path: str, data, top_k: int = 10, proj=None) -> List[L
     return (hits / np.maximum(count, 1)[:, None]).tolist()
 
 
-def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = 200, held_out: int = 16,
+def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = ANSWER_TOKENS, held_out: int = 16,
           prompts: Optional[Sequence[str]] = None, epochs: int = 4, draft_vocab: int = 8192, seed: int = 0,
           n_threads: Optional[int] = None, log=print):
     """The whole recipe; returns (heads, held-out accuracies)."""
