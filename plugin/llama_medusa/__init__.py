@@ -3,10 +3,22 @@
     from llama_medusa import Llama
     llm = Llama(model_path="model.gguf", medusa_heads="heads.safetensors")
 """
+try:  # llama_cpp before numpy: on some CUDA images the reverse order crashes at model load
+    import llama_cpp  # noqa: F401
+except ImportError:  # the kernels and heads formats work without it; Llama itself needs it
+    pass
+
 from .heads import MedusaHeads
-from .llama import Llama
 from .stats import MedusaStats
 from .tree import Tree
 
 __all__ = ["Llama", "MedusaHeads", "MedusaStats", "Tree"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name == "Llama":  # imported on first use, so `llama_medusa._gpu` and friends load without llama_cpp
+        from .llama import Llama
+
+        return Llama
+    raise AttributeError(f"module 'llama_medusa' has no attribute {name!r}")

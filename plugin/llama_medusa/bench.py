@@ -55,7 +55,7 @@ def _timed_chat(llm, prompt: str, max_tokens: int):
 def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts: Optional[List[str]] = None,
               max_tokens: int = 128, runs: int = 3, choices="auto", n_threads: Optional[int] = None,
               n_threads_batch: Optional[int] = None, n_ctx: int = 2048, peer: bool = True,
-              sweep: Sequence = (), log=print) -> dict:
+              sweep: Sequence = (), log=print, n_gpu_layers: int = 0) -> dict:
     import llama_cpp
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
@@ -69,8 +69,15 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
 
         heads = default_heads_path(model)
     prompts = prompts or DEFAULT_PROMPTS
-    common = dict(n_ctx=n_ctx, flash_attn=True, verbose=False, n_threads=n_threads, n_threads_batch=n_threads_batch)
+    common = dict(n_ctx=n_ctx, flash_attn=True, verbose=False, n_threads=n_threads, n_threads_batch=n_threads_batch,
+                  n_gpu_layers=n_gpu_layers)
     roof = roofline()
+    if n_gpu_layers:
+        from . import gpu
+
+        if gpu.available():  # the GPU's own roofline beside the CPU's: its copy rate, read + written
+            g = gpu.module()
+            roof.update(gpu=g.device_name(), gpu_copy_GBps=g.copy_bandwidth(1 << 30, 20) / 1e9)
     engines = {"stock": llama_cpp.Llama(model, **common)}
     med = Llama(model, medusa_heads=heads, medusa_choices=choices, **common)
     engines["medusa"] = med
@@ -196,7 +203,8 @@ def main(args) -> int:
     sweep = SWEEP_TREES if args.sweep else ()
     s = run_bench(model=args.model, heads=args.heads, prompts=prompts, max_tokens=args.max_tokens, runs=args.runs,
                   choices=args.choices, n_threads=args.threads, n_threads_batch=args.threads_batch,
-                  peer=not args.no_peer, sweep=sweep, log=lambda msg: print(msg, file=sys.stderr))
+                  peer=not args.no_peer, sweep=sweep, log=lambda msg: print(msg, file=sys.stderr),
+                  n_gpu_layers=args.n_gpu_layers)
     print(format_table(s))
     if args.json:
         with open(args.json, "w") as f:

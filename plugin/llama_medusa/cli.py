@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     b.add_argument("--threads", type=int, default=None, help="single-token decode threads (llama-cpp-python's default)")
     b.add_argument("--threads-batch", type=int, default=None, help="batch decode threads")
     b.add_argument("--json", help="also write the numbers to this JSON file")
+    b.add_argument("--n-gpu-layers", type=int, default=0,
+                   help="layers offloaded by a GPU build of llama-cpp-python (-1: all); heads then run on the GPU")
 
     t = sub.add_parser("train", help="fit heads for a GGUF model by self-distillation (numpy, closed form)")
     t.add_argument("--model", help="GGUF model (default: the embedded SmolLM2)")
@@ -36,11 +38,19 @@ def main(argv=None) -> int:
     q.add_argument("dst")
     q.add_argument("--type", default="f16", help="f16 (default), q8_0, q4_0, q4_1, f32")
 
+    gb = sub.add_parser("gpu-bench", help="time the GPU kernels against the device's copy bandwidth")
+    gb.add_argument("--reps", type=int, default=20)
+    gb.add_argument("--json", help="also write the numbers to this JSON file")
+
     args = ap.parse_args(argv)
     if args.cmd is None:
         ap.print_help()
         return 2
     try:
+        if args.cmd == "gpu-bench":
+            from .gpu_bench import main as gpu_bench_main
+
+            return gpu_bench_main(args)
         if args.cmd == "bench":
             from .bench import main as bench_main
 

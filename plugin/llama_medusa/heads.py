@@ -174,14 +174,26 @@ class MedusaHeads:
             )
 
     def engine(self, model_path: Optional[str], n_embd: int, n_vocab: int, proj_dtype: str = "i8",
-               n_threads: int = 0, backbone_proj: Optional[np.ndarray] = None):
-        """Builds the native evaluator. The shared projection is read from the model GGUF unless given."""
+               n_threads: int = 0, backbone_proj: Optional[np.ndarray] = None, device: str = "cpu"):
+        """Builds the evaluator: the native CPU engine, or with device="gpu" the GPU module's (projection kept in
+        float16 there). The shared projection is read from the model GGUF unless given."""
         from . import _native
 
         self.check_model(n_embd, n_vocab)
         if proj_dtype not in PROJ_DTYPES:
             raise ValueError(f"medusa projection dtype must be one of {PROJ_DTYPES}, got {proj_dtype!r}")
-        eng = _native.HeadsEngine(self.hidden_size, n_threads)
+        if device == "gpu":
+            from . import gpu
+
+            reason = gpu.why_not()
+            if reason:
+                raise ValueError(f"medusa heads on the GPU: {reason}")
+            eng = gpu.module().HeadsEngine(self.hidden_size)
+            proj_dtype = "f32"  # the GPU engine takes float and stores float16 itself
+        elif device == "cpu":
+            eng = _native.HeadsEngine(self.hidden_size, n_threads)
+        else:
+            raise ValueError(f"medusa device must be 'cpu' or 'gpu', got {device!r}")
         ids: Dict[int, int] = {}
         shared_id = None
         for k in range(self.n_heads):
@@ -198,11 +210,11 @@ class MedusaHeads:
                         raise ValueError(
                             f"the model's output matrix has shape {backbone_proj.shape}, expected ({n_vocab}, {n_embd})"
                         )
-                    shared_id = eng.add_projection(*convert_projection(self._rows(backbone_proj), proj_dtype))
+                    shared_id = _add_projection(eng, self._rows(backbone_proj), proj_dtype, device)
                 pid = shared_id
             else:
                 if id(p) not in ids:
-                    ids[id(p)] = eng.add_projection(*convert_projection(self._rows(p), proj_dtype))
+                    ids[id(p)] = _add_projection(eng, self._rows(p), proj_dtype, device)
                 pid = ids[id(p)]
             eng.add_head([(w_in, b_in, w_out) for (w_in, b_in, w_out) in self.blocks[k]], pid)
         return eng
@@ -213,6 +225,12 @@ class MedusaHeads:
     def token_ids(self, local: np.ndarray) -> np.ndarray:
         """Engine row indices -> token ids."""
         return local if self.draft_vocab is None else self.draft_vocab[local]
+
+
+def _add_projection(eng, w: np.ndarray, dtype: str, device: str) -> int:
+    if device == "gpu":
+        return eng.add_projection(np.asarray(w, dtype=np.float32))
+    return eng.add_projection(*convert_projection(w, dtype))
 
 
 def convert_projection(w: np.ndarray, dtype: str):

@@ -56,7 +56,9 @@ class Llama(llama_cpp.Llama):
             paths as in FasterDecoding/Medusa.
         medusa_top_k: candidates taken from each head (default: the largest rank the tree uses, plus one).
         medusa_proj_dtype: storage of the vocabulary projection in the native head evaluator: "i8" (default),
-            "f16" or "f32".
+            "f16" or "f32" (the GPU evaluator always keeps float16).
+        medusa_device: where the heads run: "auto" (default: the GPU when the model is offloaded, n_gpu_layers != 0,
+            and the GPU module is built and sees a device; else the CPU), "cpu" or "gpu".
         medusa_max_batch: most tokens in one verify batch (tree + re-decoded tokens). The default keeps CPU
             output bit-identical to stock; larger trees are cut (last depth-first nodes first).
         posterior_threshold, posterior_alpha: opt-in typical acceptance (Medusa paper) at temperature > 0: a
@@ -73,6 +75,7 @@ class Llama(llama_cpp.Llama):
         medusa_choices=DEFAULT_CHOICES,
         medusa_top_k: Optional[int] = None,
         medusa_proj_dtype: str = "i8",
+        medusa_device: str = "auto",
         medusa_max_batch: int = EXACT_MAX_BATCH,
         posterior_threshold: Optional[float] = None,
         posterior_alpha: Optional[float] = None,
@@ -102,7 +105,8 @@ class Llama(llama_cpp.Llama):
         else:
             heads = medusa_heads if isinstance(medusa_heads, MedusaHeads) else MedusaHeads.load(medusa_heads)
             engine = heads.engine(
-                self.model_path, n_embd, self._n_vocab, medusa_proj_dtype, n_threads=self.n_threads_batch
+                self.model_path, n_embd, self._n_vocab, medusa_proj_dtype, n_threads=self.n_threads_batch,
+                device=self._heads_device(medusa_device),
             )
             drafter = HeadsDrafter(heads, engine)
         self.medusa_auto = None
@@ -118,6 +122,16 @@ class Llama(llama_cpp.Llama):
             max_batch=medusa_max_batch,
         )
         self._rebuild_context(n_seq=max(1, tree.n_leaves))
+
+    def _heads_device(self, want: str) -> str:
+        if want not in ("auto", "cpu", "gpu"):
+            raise ValueError(f"medusa_device must be 'auto', 'cpu' or 'gpu', got {want!r}")
+        if want != "auto":
+            return want
+        from . import gpu
+
+        offloaded = self.model_params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+        return "gpu" if offloaded and gpu.available() else "cpu"
 
     def _auto_choices(self, drafter, n_embd: int, top_k: int, max_batch: int):
         from . import autotree

@@ -1,0 +1,63 @@
+"""I2_S packing and the CPU ternary reference (the GPU kernels are tested against it in test_gpu.py)."""
+import numpy as np
+import pytest
+
+from llama_medusa import _native, i2s
+
+
+def quantize_ref(x):
+    """bitnet.cpp quantize_row_i8_s in numpy: 127/absmax in double, round half to even, clamp."""
+    amax = np.maximum(np.abs(x).max(axis=1).astype(np.float64), 1e-5)
+    s = (127.0 / amax).astype(np.float32)
+    q = np.clip(np.rint(x * s[:, None]), -128, 127).astype(np.int8)  # float32 product, then half-even
+    return q, s, q.astype(np.int32).sum(axis=1)
+
+
+def test_pack_unpack_roundtrip_and_layout():
+    rng = np.random.default_rng(1)
+    w = rng.integers(-1, 2, size=(3, 256))
+    b = i2s.pack(w)
+    assert b.shape == (3, 64) and b.dtype == np.uint8
+    assert (i2s.unpack(b) == w).all()
+    # byte p of a block = codes of weights p, 32+p, 64+p, 96+p at shifts 6/4/2/0 (the reference note's layout)
+    assert b[0, 5] == ((w[0, 5] + 1) << 6) | ((w[0, 37] + 1) << 4) | ((w[0, 69] + 1) << 2) | (w[0, 101] + 1)
+
+
+def test_pack_rejects_bad_input():
+    with pytest.raises(ValueError, match="multiple of 128"):
+        i2s.pack(np.zeros((2, 100)))
+    with pytest.raises(ValueError, match="only -1, 0 and \\+1"):
+        i2s.pack(np.full((1, 128), 2))
+    with pytest.raises(ValueError, match="code 3"):
+        i2s.unpack(np.full((1, 32), 0xFF, dtype=np.uint8))
+
+
+def test_quantize_matches_bitnet_semantics():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((7, 640)) * rng.uniform(0.01, 30, size=(7, 1))).astype(np.float32)
+    x[3] = 0.0  # all-zero row: absmax floors at 1e-5
+    x[4, :10] = [0.5, -0.5, 1.5, -1.5, 2.5, 0, 0, 0, 0, 127]  # exact halves after scaling test half-even
+    q, s, sm = _native.i2s_quantize_acts(x)
+    rq, rs, rsm = quantize_ref(x)
+    assert (q == rq).all() and (s == rs).all() and (sm == rsm).all()
+
+
+@pytest.mark.parametrize("M", [1, 3, 8, 17])
+def test_gemm_is_exact_integer_product(M):
+    rng = np.random.default_rng(M)
+    N, K = 37, 384
+    w = rng.integers(-1, 2, size=(N, K))
+    ws = rng.uniform(0.5, 2, size=N).astype(np.float32)
+    q, s, sm = _native.i2s_quantize_acts(rng.standard_normal((M, K)).astype(np.float32))
+    y = _native.i2s_gemm(i2s.pack(w), ws, q, s, sm)
+    S = q.astype(np.int64) @ w.T.astype(np.int64)  # sum of w * q = sum of code * q - sum q
+    ref = ((S.astype(np.float32) / s[:, None]).astype(np.float32) * ws[None, :]).astype(np.float32)
+    assert (y == ref).all()
+
+
+def test_gemm_rejects_mismatched_shapes():
+    q, s, sm = _native.i2s_quantize_acts(np.ones((2, 256), np.float32))
+    with pytest.raises(ValueError, match="columns"):
+        _native.i2s_gemm(np.zeros((4, 32), np.uint8), np.ones(4, np.float32), q, s, sm)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        _native.i2s_gemm(np.zeros((4, 16), np.uint8), np.ones(4, np.float32), q[:, :64], s, sm)
