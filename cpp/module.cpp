@@ -3,9 +3,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <chrono>
+#include <memory>
 #include <thread>
 
 #include "heads.h"
+#include "ternary.h"
+#include "bitnet.h"
+#include "dot.h"
 
 namespace py = pybind11;
 using namespace medusa;
@@ -48,6 +54,33 @@ Matrix matrix_from(py::array w, py::object scale) {
                               std::string(py::str(w.dtype())));
     }
     return m;
+}
+
+// Keeps the numpy views (memory-mapped GGUF data) alive as long as the engine that points into them.
+struct PyBitnet {
+    std::unique_ptr<BitnetEngine> eng;
+    py::list keep;
+};
+
+template <class T>
+const T* ptr_of(py::list& keep, py::handle a, size_t n, const char* what) {
+    auto arr = py::array_t<T, py::array::c_style>::ensure(a);
+    if (!arr) throw py::value_error(std::string(what) + ": wrong dtype or not C-contiguous");
+    if ((size_t)arr.size() != n)
+        throw py::value_error(std::string(what) + " has " + std::to_string(arr.size()) + " elements, expected " +
+                              std::to_string(n));
+    keep.append(arr);
+    return arr.data();
+}
+
+TernaryWeight ternary_of(py::list& keep, py::dict d, const char* name, int rows, int cols) {
+    py::tuple t = d[name].cast<py::tuple>();  // (bytes [rows, cols/4] uint8, scale)
+    TernaryWeight w;
+    w.rows = rows;
+    w.cols = cols;
+    w.data = ptr_of<uint8_t>(keep, t[0], (size_t)rows * cols / 4, name);
+    w.scale = t[1].cast<float>();
+    return w;
 }
 
 }  // namespace
@@ -135,4 +168,175 @@ PYBIND11_MODULE(_native, mod) {
                  }
                  return out;
              });
+
+    mod.def("i2s_quantize_acts", [](Arr<float> x) {
+            need_2d(x, "activations");
+            const int M = (int)x.shape(0), K = (int)x.shape(1);
+            py::array_t<int8_t> q({M, K});
+            py::array_t<float> scale(M);
+            py::array_t<int32_t> sum(M);
+            i2s_quantize_acts(x.data(), M, K, q.mutable_data(), scale.mutable_data(), sum.mutable_data());
+            return py::make_tuple(q, scale, sum);
+        },
+        py::arg("x"), "bitnet.cpp's per-token int8 quantisation: (q [M, K] int8, 127/absmax [M], row sums [M]).");
+    mod.def("i2s_gemm", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
+            need_2d(w, "I2_S weights");
+            need_2d(q, "quantised activations");
+            const int N = (int)w.shape(0), K = (int)w.shape(1) * 4, M = (int)q.shape(0);
+            if (K % 128) throw py::value_error("I2_S rows must hold a multiple of 128 weights, got " + std::to_string(K));
+            if ((int)q.shape(1) != K)
+                throw py::value_error("activations have " + std::to_string(q.shape(1)) + " columns, weights " + std::to_string(K));
+            if ((int)wscale.size() != N || (int)scale.size() != M || (int)sum.size() != M)
+                throw py::value_error("one weight scale per row and one scale and sum per token are needed");
+            py::array_t<float> y({M, N});
+            {
+                py::gil_scoped_release nogil;
+                i2s_gemm(w.data(), wscale.data(), N, K, q.data(), scale.data(), sum.data(), M, y.mutable_data());
+            }
+            return y;
+        },
+        py::arg("w"), py::arg("wscale"), py::arg("q"), py::arg("scale"), py::arg("sum"),
+        "Exact ternary product over I2_S bytes [N, K/4]: y [M, N] = (S - sum) / scale * wscale.");
+
+    py::class_<PyBitnet>(mod, "BitnetEngine")
+        .def(py::init([](py::dict cfg, py::list layers, py::handle tok_embd, py::handle output_norm,
+                         py::object output, int n_threads) {
+                 BitnetConfig c{};
+                 c.n_embd = cfg["n_embd"].cast<int>();
+                 c.n_layer = cfg["n_layer"].cast<int>();
+                 c.n_head = cfg["n_head"].cast<int>();
+                 c.n_head_kv = cfg["n_head_kv"].cast<int>();
+                 c.n_ff = cfg["n_ff"].cast<int>();
+                 c.n_vocab = cfg["n_vocab"].cast<int>();
+                 c.n_ctx = cfg["n_ctx"].cast<int>();
+                 c.rope_theta = cfg["rope_theta"].cast<float>();
+                 c.eps = cfg["eps"].cast<float>();
+                 c.relu2 = cfg["relu2"].cast<bool>();
+                 if ((int)layers.size() != c.n_layer) throw py::value_error("layer list does not match n_layer");
+                 if (c.n_embd % 128 || c.n_ff % 128)
+                     throw py::value_error("I2_S needs n_embd and n_ff to be multiples of 128");
+                 auto* p = new PyBitnet();
+                 const int H = c.n_embd, F = c.n_ff, kvw = c.n_head_kv * (c.n_embd / c.n_head);
+                 std::vector<BitnetLayer> ls;
+                 for (auto item : layers) {
+                     py::dict d = item.cast<py::dict>();
+                     BitnetLayer L{};
+                     L.attn_norm = ptr_of<float>(p->keep, d["attn_norm"], H, "attn_norm");
+                     L.attn_sub_norm = ptr_of<float>(p->keep, d["attn_sub_norm"], H, "attn_sub_norm");
+                     L.ffn_norm = ptr_of<float>(p->keep, d["ffn_norm"], H, "ffn_norm");
+                     L.ffn_sub_norm = ptr_of<float>(p->keep, d["ffn_sub_norm"], F, "ffn_sub_norm");
+                     L.wq = ternary_of(p->keep, d, "attn_q", H, H);
+                     L.wk = ternary_of(p->keep, d, "attn_k", kvw, H);
+                     L.wv = ternary_of(p->keep, d, "attn_v", kvw, H);
+                     L.wo = ternary_of(p->keep, d, "attn_output", H, H);
+                     L.w_gate = ternary_of(p->keep, d, "ffn_gate", F, H);
+                     L.w_up = ternary_of(p->keep, d, "ffn_up", F, H);
+                     L.w_down = ternary_of(p->keep, d, "ffn_down", H, F);
+                     ls.push_back(L);
+                 }
+                 const size_t VH = (size_t)c.n_vocab * H;
+                 auto* emb = ptr_of<uint16_t>(p->keep, tok_embd, VH, "token_embd");
+                 auto* onorm = ptr_of<float>(p->keep, output_norm, H, "output_norm");
+                 const uint16_t* out = output.is_none() ? nullptr : ptr_of<uint16_t>(p->keep, output, VH, "output");
+                 p->eng = std::make_unique<BitnetEngine>(c, std::move(ls), emb, onorm, out, n_threads);
+                 return p;
+             }),
+             py::arg("config"), py::arg("layers"), py::arg("tok_embd"), py::arg("output_norm"),
+             py::arg("output") = py::none(), py::arg("n_threads") = 1)
+        .def("forward", [](PyBitnet& b, Arr<int32_t> tokens, Arr<int32_t> pos, Arr<int32_t> parents, bool logits) {
+                 const int M = (int)tokens.size();
+                 if (pos.size() != M || parents.size() != M)
+                     throw py::value_error("tokens, positions and parents must have the same length");
+                 const auto& c = b.eng->config();
+                 py::array_t<float> hidden({M, c.n_embd});
+                 py::object lg = py::none();
+                 float* lp = nullptr;
+                 if (logits) {
+                     py::array_t<float> l({M, c.n_vocab});
+                     lp = l.mutable_data();
+                     lg = l;
+                 }
+                 {
+                     py::gil_scoped_release nogil;
+                     b.eng->forward(tokens.data(), pos.data(), parents.data(), M, hidden.mutable_data(), lp);
+                 }
+                 return py::make_tuple(hidden, lg);
+             },
+             py::arg("tokens"), py::arg("positions"), py::arg("parents"), py::arg("logits") = true)
+        .def("commit", [](PyBitnet& b, Arr<int32_t> idx) { b.eng->commit(idx.data(), (int)idx.size()); })
+        .def("truncate", [](PyBitnet& b, int n) { b.eng->truncate(n); })
+        .def_property_readonly("n_past", [](PyBitnet& b) { return b.eng->n_past(); });
+    mod.def("ternary_gemm_timed", [](Arr<uint8_t> w, int K, Arr<int8_t> q, Arr<float> qs, Arr<int32_t> qsum,
+                                     int n_threads, int reps) {
+            // Median seconds of the threaded small-M kernel over w ([N, K/4]) for M = q.shape[0] tokens.
+            const int N = (int)(w.size() / (K / 4)), M = (int)q.shape(0);
+            ThreadPool pool(std::max(1, n_threads));
+            std::vector<float> y((size_t)M * N);
+            std::vector<double> ts;
+            {
+                py::gil_scoped_release nogil;
+                for (int r = 0; r < reps + 1; ++r) {
+                    const auto t0 = std::chrono::steady_clock::now();
+                    const int tasks = (N + 63) / 64;
+                    pool.run(tasks, [&](int t) {
+                        ternary_gemm_rows(w.data(), K, t * 64, std::min(N, t * 64 + 64), N, q.data(), qs.data(),
+                                          qsum.data(), M, 1.0f, y.data());
+                    });
+                    if (r) ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                }
+            }
+            std::sort(ts.begin(), ts.end());
+            return ts[ts.size() / 2];
+        },
+        py::arg("w"), py::arg("K"), py::arg("q"), py::arg("scale"), py::arg("sum"), py::arg("n_threads") = 1,
+        py::arg("reps") = 5);
+    mod.def("ternary_gemm_fast", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
+            need_2d(w, "I2_S weights");
+            const int N = (int)w.shape(0), K = (int)w.shape(1) * 4, M = (int)q.shape(0);
+            if (K % 128 || (int)q.shape(1) != K) throw py::value_error("shapes do not fit (K a multiple of 128)");
+            py::array_t<float> y({M, N});
+            // per-row scales are applied after: the kernel takes one tensor scale, as I2_S has
+            ternary_gemm_rows(w.data(), K, 0, N, N, q.data(), scale.data(), sum.data(), M, 1.0f, y.mutable_data());
+            auto yp = y.mutable_unchecked<2>();
+            for (int m = 0; m < M; ++m)
+                for (int n = 0; n < N; ++n) yp(m, n) *= wscale.data()[n];
+            return y;
+        });
+
+    mod.def("int8_peak", [](double seconds, int n_threads) {
+            // Register-only vpmaddubsw loop: the int8 multiply-add ceiling the ternary kernel is measured against
+            // (8 independent dependent chains; 32 u8 x s8 multiply-adds per instruction). MAC/s over all threads.
+            std::vector<double> macs(std::max(1, n_threads));
+            py::gil_scoped_release nogil;
+            auto body = [&](int t) {
+#ifdef MEDUSA_AVX2
+                __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-2), acc[8];
+                for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_epi8(a, _mm256_set1_epi8((char)(i + t)));
+                long iters = 0;
+                const auto t0 = std::chrono::steady_clock::now();
+                double el = 0;
+                do {
+                    for (int r = 0; r < 4096; ++r)
+                        for (auto& x : acc) x = _mm256_maddubs_epi16(x, b);  // a dependent chain: cannot be hoisted
+                    iters += 4096;
+                    el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                } while (el < seconds);
+                __m256i s = acc[0];
+                for (int i = 1; i < 8; ++i) s = _mm256_add_epi16(s, acc[i]);
+                volatile int sink = _mm256_extract_epi16(s, 0);
+                (void)sink;
+                macs[t] = iters * 8.0 * 32 / el;
+#else
+                macs[t] = 0;
+#endif
+            };
+            std::vector<std::thread> th;
+            for (int t = 1; t < (int)macs.size(); ++t) th.emplace_back(body, t);
+            body(0);
+            for (auto& x : th) x.join();
+            double tot = 0;
+            for (double m : macs) tot += m;
+            return tot;
+        },
+        py::arg("seconds") = 0.5, py::arg("n_threads") = 1);
 }

@@ -38,6 +38,14 @@ def main(argv=None) -> int:
     q.add_argument("dst")
     q.add_argument("--type", default="f16", help="f16 (default), q8_0, q4_0, q4_1, f32")
 
+    c = sub.add_parser("convert-i2s", help="an I2_S BitNet GGUF -> TQ2_0 (arch bitnet) for stock llama.cpp")
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.add_argument("--to", default="tq2_0", help="tq2_0 (the only target the gguf package here can write)")
+    bb = sub.add_parser("bitnet-bench", help="ternary GEMM and native BitNet decode at the 2B-4T shapes vs roofline")
+    bb.add_argument("--layers", type=int, default=30)
+    bb.add_argument("--threads", type=int, default=None)
+    bb.add_argument("--json", help="also write the numbers to this JSON file")
     gb = sub.add_parser("gpu-bench", help="time the GPU kernels against the device's copy bandwidth")
     gb.add_argument("--reps", type=int, default=20)
     gb.add_argument("--json", help="also write the numbers to this JSON file")
@@ -47,6 +55,15 @@ def main(argv=None) -> int:
         ap.print_help()
         return 2
     try:
+        if args.cmd == "convert-i2s":
+            from .convert import convert
+
+            convert(args.src, args.dst, args.to, log=lambda m: print(m, file=sys.stderr))
+            return 0
+        if args.cmd == "bitnet-bench":
+            from .bitnet_bench import main as bitnet_bench_main
+
+            return bitnet_bench_main(args)
         if args.cmd == "gpu-bench":
             from .gpu_bench import main as gpu_bench_main
 

@@ -1,0 +1,281 @@
+#include "bitnet.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "dot.h"
+#include "ternary.h"
+
+namespace medusa {
+
+namespace {
+
+// Rows per task: enough bytes per task to amortise the pool's hand-off, enough tasks to balance two threads.
+constexpr int ROWS_PER_TASK = 64;
+
+#ifdef MEDUSA_AVX2
+// c_mt tokens against one weight row: the row's 32-byte blocks are decoded to 4 code vectors once and multiplied
+// (unsigned codes 0..2 by signed int8 activations, maddubs) with every token of the tile. Products of a block fit
+// int16 (4 maddubs lanes: at most 4 * 2 * 2 * 128 = 2048), then widen to int32 per block: no overflow at any K.
+template <int c_mt>
+inline void row_tile(const uint8_t* row, int nb, const int8_t* q, int K, int32_t* out) {
+    const __m256i mask = _mm256_set1_epi8(3);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[c_mt];
+    for (int m = 0; m < c_mt; ++m) acc[m] = _mm256_setzero_si256();
+    for (int b = 0; b < nb; ++b) {
+        const __m256i w = _mm256_loadu_si256((const __m256i*)(row + 32 * b));
+        const __m256i c0 = _mm256_and_si256(_mm256_srli_epi16(w, 6), mask);
+        const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
+        const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(w, 2), mask);
+        const __m256i c3 = _mm256_and_si256(w, mask);
+        for (int m = 0; m < c_mt; ++m) {
+            const int8_t* a = q + (size_t)m * K + 128 * b;
+            __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)a));
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(a + 32))));
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(a + 64))));
+            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(a + 96))));
+            acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(p, ones));
+        }
+    }
+    for (int m = 0; m < c_mt; ++m) out[m] = hsum256_i32(acc[m]);
+}
+#endif
+
+inline void row_scalar(const uint8_t* row, int nb, const int8_t* q, int K, int M, int32_t* out) {
+    for (int m = 0; m < M; ++m) {
+        const int8_t* a = q + (size_t)m * K;
+        int32_t s = 0;
+        for (int b = 0; b < nb; ++b)
+            for (int p = 0; p < 32; ++p) {
+                const int byte = row[32 * b + p];
+                s += ((byte >> 6) & 3) * a[128 * b + p] + ((byte >> 4) & 3) * a[128 * b + 32 + p] +
+                     ((byte >> 2) & 3) * a[128 * b + 64 + p] + (byte & 3) * a[128 * b + 96 + p];
+            }
+        out[m] = s;
+    }
+}
+
+void rms_norm(const float* x, const float* w, int n, float eps, float* y) {
+    double ss = 0;
+    for (int i = 0; i < n; ++i) ss += (double)x[i] * x[i];
+    const float scale = 1.0f / std::sqrt((float)(ss / n) + eps);
+    for (int i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
+}
+
+// NEOX rotation: dimension i pairs with i + d/2, angle pos * theta^(-2i/d).
+void rope_neox(float* v, int n_heads, int d, int pos, float theta) {
+    const int half = d / 2;
+    for (int i = 0; i < half; ++i) {
+        const float freq = std::pow(theta, -2.0f * i / d);
+        const float a = pos * freq, c = std::cos(a), s = std::sin(a);
+        for (int h = 0; h < n_heads; ++h) {
+            float* x = v + h * d;
+            const float x0 = x[i], x1 = x[i + half];
+            x[i] = x0 * c - x1 * s;
+            x[i + half] = x0 * s + x1 * c;
+        }
+    }
+}
+
+}  // namespace
+
+void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
+                       const int32_t* qsum, int M, float wscale, float* y) {
+    const int nb = K / 128;
+    int32_t s[8];
+    for (int r = r0; r < r1; ++r) {
+        const uint8_t* row = w + (size_t)r * (K / 4);
+        for (int m0 = 0; m0 < M; m0 += 8) {
+            const int mt = std::min(8, M - m0);
+            const int8_t* qa = q + (size_t)m0 * K;
+#ifdef MEDUSA_AVX2
+            switch (mt) {
+                case 1: row_tile<1>(row, nb, qa, K, s); break;
+                case 2: row_tile<2>(row, nb, qa, K, s); break;
+                case 3: row_tile<3>(row, nb, qa, K, s); break;
+                case 4: row_tile<4>(row, nb, qa, K, s); break;
+                case 5: row_tile<5>(row, nb, qa, K, s); break;
+                case 6: row_tile<6>(row, nb, qa, K, s); break;
+                case 7: row_tile<7>(row, nb, qa, K, s); break;
+                default: row_tile<8>(row, nb, qa, K, s); break;
+            }
+#else
+            row_scalar(row, nb, qa, K, mt, s);
+#endif
+            for (int m = 0; m < mt; ++m)
+                y[(size_t)(m0 + m) * N + r] = (float)(s[m] - qsum[m0 + m]) / qscale[m0 + m] * wscale;
+        }
+    }
+}
+
+BitnetEngine::BitnetEngine(const BitnetConfig& c, std::vector<BitnetLayer> layers, const uint16_t* tok_embd,
+                           const float* output_norm, const uint16_t* output, int n_threads)
+    : c_(c), layers_(std::move(layers)), tok_embd_(tok_embd), output_norm_(output_norm),
+      output_(output ? output : tok_embd), pool_(std::max(1, n_threads)) {
+    if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv || c.n_embd % c.n_head)
+        throw std::invalid_argument("head counts do not divide the embedding");
+    if ((c.n_embd / c.n_head) % 2) throw std::invalid_argument("RoPE needs an even head size");
+    if (c.n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive");
+    const size_t kv = (size_t)c.n_layer * c.n_ctx * (c.n_embd / c.n_head) * c.n_head_kv;
+    kcache_.assign(kv, 0.f);
+    vcache_.assign(kv, 0.f);
+}
+
+void BitnetEngine::ternary_linear(const TernaryWeight& w, const float* x, int M, float* y) {
+    if (w.cols % 128) throw std::invalid_argument("I2_S rows must hold a multiple of 128 weights");
+    q8_.resize((size_t)M * w.cols);
+    qscale_.resize(M);
+    qsum_.resize(M);
+    i2s_quantize_acts(x, M, w.cols, q8_.data(), qscale_.data(), qsum_.data());
+    const int tasks = (w.rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+    pool_.run(tasks, [&](int t) {
+        const int r0 = t * ROWS_PER_TASK, r1 = std::min(w.rows, r0 + ROWS_PER_TASK);
+        ternary_gemm_rows(w.data, w.cols, r0, r1, w.rows, q8_.data(), qscale_.data(), qsum_.data(), M, w.scale, y);
+    });
+}
+
+void BitnetEngine::project(const float* hidden, int M, float* logits) {
+    const int H = c_.n_embd, V = c_.n_vocab;
+    const int tasks = (V + 255) / 256;
+    pool_.run(tasks, [&](int t) {
+        float out[8];
+        for (int v = t * 256; v < std::min(V, t * 256 + 256); ++v) {
+            const uint16_t* row = output_ + (size_t)v * H;
+            for (int m0 = 0; m0 < M; m0 += 8) {
+                const int mt = std::min(8, M - m0);
+                const float* x = hidden + (size_t)m0 * H;
+                switch (mt) {
+                    case 1: dot_f16<1>(row, x, H, out); break;
+                    case 2: dot_f16<2>(row, x, H, out); break;
+                    case 3: dot_f16<3>(row, x, H, out); break;
+                    case 4: dot_f16<4>(row, x, H, out); break;
+                    case 5: dot_f16<5>(row, x, H, out); break;
+                    case 6: dot_f16<6>(row, x, H, out); break;
+                    case 7: dot_f16<7>(row, x, H, out); break;
+                    default: dot_f16<8>(row, x, H, out); break;
+                }
+                for (int m = 0; m < mt; ++m) logits[(size_t)(m0 + m) * V + v] = out[m];
+            }
+        }
+    });
+}
+
+// Node i attends to committed slots [0, n_past) and to its ancestors-or-self in the batch, in slot order, so its
+// result does not depend on which other nodes share the batch (a tree pass equals sequential decoding).
+void BitnetEngine::attention(int layer, const float* q, const int32_t* parents, int M, float* out) {
+    const int hd = c_.n_embd / c_.n_head, nkv = c_.n_head_kv, G = c_.n_head / nkv, kvw = nkv * hd;
+    const float* K = kcache_.data() + (size_t)layer * c_.n_ctx * kvw;
+    const float* Vc = vcache_.data() + (size_t)layer * c_.n_ctx * kvw;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    pool_.run(M * c_.n_head, [&](int task) {
+        const int i = task / c_.n_head, h = task % c_.n_head, hk = h / G;
+        std::vector<int> slots;
+        for (int j = i; j >= 0; j = parents[j]) slots.push_back(n_past_ + j);
+        std::reverse(slots.begin(), slots.end());
+        const int n = n_past_ + (int)slots.size();
+        std::vector<float> s(n);
+        const float* qh = q + (size_t)i * c_.n_embd + h * hd;
+        float mx = -INFINITY;
+        for (int p = 0; p < n; ++p) {
+            const int slot = p < n_past_ ? p : slots[p - n_past_];
+            const float* k = K + (size_t)slot * kvw + hk * hd;
+            float d = 0.f;
+            for (int e = 0; e < hd; ++e) d += qh[e] * k[e];
+            s[p] = d * scale;
+            mx = std::max(mx, s[p]);
+        }
+        float sum = 0.f;
+        for (int p = 0; p < n; ++p) sum += (s[p] = std::exp(s[p] - mx));
+        float* o = out + (size_t)i * c_.n_embd + h * hd;
+        std::fill(o, o + hd, 0.f);
+        for (int p = 0; p < n; ++p) {
+            const int slot = p < n_past_ ? p : slots[p - n_past_];
+            const float* v = Vc + (size_t)slot * kvw + hk * hd;
+            const float wgt = s[p] / sum;
+            for (int e = 0; e < hd; ++e) o[e] += wgt * v[e];
+        }
+    });
+}
+
+void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* parents, int M, float* hidden,
+                           float* logits) {
+    const int H = c_.n_embd, F = c_.n_ff, hd = H / c_.n_head, kvw = c_.n_head_kv * hd;
+    if (M < 1) throw std::invalid_argument("forward needs at least one token");
+    if (n_past_ + M > c_.n_ctx)
+        throw std::invalid_argument("context overflow: " + std::to_string(n_past_) + " cached + " +
+                                    std::to_string(M) + " new tokens > n_ctx " + std::to_string(c_.n_ctx));
+    for (int i = 0; i < M; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= c_.n_vocab)
+            throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
+        if (parents[i] < -1 || parents[i] >= i)
+            throw std::invalid_argument("node " + std::to_string(i) + " has parent " + std::to_string(parents[i]) +
+                                        ": parents must come earlier in the batch (or be -1)");
+        if (pos[i] < 0 || pos[i] >= c_.n_ctx) throw std::invalid_argument("position outside the context");
+    }
+    std::vector<float> x((size_t)M * H), h((size_t)M * H), q((size_t)M * H), k((size_t)M * kvw), v((size_t)M * kvw),
+        a((size_t)M * H), t((size_t)M * H), g((size_t)M * F), u((size_t)M * F);
+    for (int i = 0; i < M; ++i)
+        for (int e = 0; e < H; ++e) x[(size_t)i * H + e] = fp16_to_fp32(tok_embd_[(size_t)tokens[i] * H + e]);
+    for (int l = 0; l < c_.n_layer; ++l) {
+        const BitnetLayer& L = layers_[l];
+        for (int i = 0; i < M; ++i) rms_norm(&x[(size_t)i * H], L.attn_norm, H, c_.eps, &h[(size_t)i * H]);
+        ternary_linear(L.wq, h.data(), M, q.data());
+        ternary_linear(L.wk, h.data(), M, k.data());
+        ternary_linear(L.wv, h.data(), M, v.data());
+        float* Kc = kcache_.data() + (size_t)l * c_.n_ctx * kvw;
+        float* Vc = vcache_.data() + (size_t)l * c_.n_ctx * kvw;
+        for (int i = 0; i < M; ++i) {
+            rope_neox(&q[(size_t)i * H], c_.n_head, hd, pos[i], c_.rope_theta);
+            rope_neox(&k[(size_t)i * kvw], c_.n_head_kv, hd, pos[i], c_.rope_theta);
+            std::copy(&k[(size_t)i * kvw], &k[(size_t)(i + 1) * kvw], Kc + (size_t)(n_past_ + i) * kvw);
+            std::copy(&v[(size_t)i * kvw], &v[(size_t)(i + 1) * kvw], Vc + (size_t)(n_past_ + i) * kvw);
+        }
+        attention(l, q.data(), parents, M, a.data());
+        for (int i = 0; i < M; ++i) rms_norm(&a[(size_t)i * H], L.attn_sub_norm, H, c_.eps, &t[(size_t)i * H]);
+        ternary_linear(L.wo, t.data(), M, a.data());
+        for (size_t e = 0; e < x.size(); ++e) x[e] += a[e];
+
+        for (int i = 0; i < M; ++i) rms_norm(&x[(size_t)i * H], L.ffn_norm, H, c_.eps, &h[(size_t)i * H]);
+        ternary_linear(L.w_gate, h.data(), M, g.data());
+        ternary_linear(L.w_up, h.data(), M, u.data());
+        for (size_t e = 0; e < g.size(); ++e) {
+            const float z = g[e];
+            g[e] = (c_.relu2 ? (z > 0.f ? z * z : 0.f) : z / (1.0f + std::exp(-z))) * u[e];
+        }
+        for (int i = 0; i < M; ++i) rms_norm(&g[(size_t)i * F], L.ffn_sub_norm, F, c_.eps, &u[(size_t)i * F]);
+        ternary_linear(L.w_down, u.data(), M, a.data());
+        for (size_t e = 0; e < x.size(); ++e) x[e] += a[e];
+    }
+    for (int i = 0; i < M; ++i) rms_norm(&x[(size_t)i * H], output_norm_, H, c_.eps, hidden + (size_t)i * H);
+    if (logits) project(hidden, M, logits);
+}
+
+void BitnetEngine::commit(const int32_t* idx, int n) {
+    const int kvw = c_.n_head_kv * (c_.n_embd / c_.n_head);
+    for (int j = 0; j < n; ++j) {
+        if (idx[j] < j || (j > 0 && idx[j] <= idx[j - 1]) || n_past_ + idx[j] >= c_.n_ctx)
+            throw std::invalid_argument("commit takes increasing batch indices of the last forward");
+    }
+    for (int l = 0; l < c_.n_layer; ++l) {
+        float* Kc = kcache_.data() + (size_t)l * c_.n_ctx * kvw;
+        float* Vc = vcache_.data() + (size_t)l * c_.n_ctx * kvw;
+        for (int j = 0; j < n; ++j) {
+            if (idx[j] == j) continue;
+            std::copy(Kc + (size_t)(n_past_ + idx[j]) * kvw, Kc + (size_t)(n_past_ + idx[j] + 1) * kvw,
+                      Kc + (size_t)(n_past_ + j) * kvw);
+            std::copy(Vc + (size_t)(n_past_ + idx[j]) * kvw, Vc + (size_t)(n_past_ + idx[j] + 1) * kvw,
+                      Vc + (size_t)(n_past_ + j) * kvw);
+        }
+    }
+    n_past_ += n;
+}
+
+void BitnetEngine::truncate(int n_past) {
+    if (n_past < 0 || n_past > n_past_) throw std::invalid_argument("truncate can only shorten the cache");
+    n_past_ = n_past;
+}
+
+}  // namespace medusa

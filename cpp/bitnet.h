@@ -1,0 +1,77 @@
+// The native BitNet b1.58 engine (CPU): bitnet.cpp's "bitnet-b1.58" graph over I2_S weights, for a batch of tree
+// nodes in one pass. Python maps the GGUF and hands over pointers (the arrays stay alive on its side).
+//
+// Per layer: h = RMSNorm(x) * attn_norm; q, k, v = ternary(h) (per-token int8 activations); NEOX RoPE;
+// attention over the committed cache plus the node's own ancestors in the batch; RMSNorm * attn_sub_norm;
+// x += Wo a. Then h = RMSNorm(x) * ffn_norm; g = act(W_gate h) * (W_up h) with act = ReLU^2 (bitnet-b1.58) or
+// SiLU (upstream "bitnet"); RMSNorm * ffn_sub_norm; x += W_down g. Finally RMSNorm * output_norm and the tied F16
+// embedding (or output.weight) as the vocabulary projection.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "threads.h"
+
+namespace medusa {
+
+struct TernaryWeight {
+    const uint8_t* data = nullptr;  // [rows, cols/4] canonical I2_S bytes
+    float scale = 1.f;
+    int rows = 0, cols = 0;
+};
+
+struct BitnetLayer {
+    const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;
+    TernaryWeight wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
+struct BitnetConfig {
+    int n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
+    float rope_theta, eps;
+    bool relu2;  // false: SiLU gate (upstream "bitnet")
+};
+
+class BitnetEngine {
+public:
+    BitnetEngine(const BitnetConfig& c, std::vector<BitnetLayer> layers, const uint16_t* tok_embd,
+                 const float* output_norm, const uint16_t* output, int n_threads);
+
+    // One pass over M nodes: tokens, positions, parents (batch index of the parent; -1 = the last committed
+    // token). Nodes must come parents-first. The nodes' K/V go to cache slots n_past .. n_past+M-1 until commit().
+    // hidden [M, n_embd] gets the final-norm states; logits [M, n_vocab] when non-null.
+    void forward(const int32_t* tokens, const int32_t* pos, const int32_t* parents, int M, float* hidden,
+                 float* logits);
+    // Keeps the listed batch nodes (increasing batch indices: a root-to-leaf path) as the next committed tokens.
+    void commit(const int32_t* idx, int n);
+    void truncate(int n_past);
+    int n_past() const { return n_past_; }
+    const BitnetConfig& config() const { return c_; }
+    int n_threads() const { return pool_.size(); }
+
+    // Building blocks, exposed for tests and the benchmark.
+    void ternary_linear(const TernaryWeight& w, const float* x, int M, float* y);
+    void project(const float* hidden, int M, float* logits);
+
+private:
+    void attention(int layer, const float* q, const int32_t* parents, int M, float* out);
+    BitnetConfig c_;
+    std::vector<BitnetLayer> layers_;
+    const uint16_t* tok_embd_;
+    const float* output_norm_;
+    const uint16_t* output_;
+    ThreadPool pool_;
+    int n_past_ = 0;
+    std::vector<float> kcache_, vcache_;  // [layer][slot][n_head_kv * head_dim]
+    std::vector<int8_t> q8_;
+    std::vector<float> qscale_;
+    std::vector<int32_t> qsum_;
+};
+
+// Ternary GEMM over I2_S bytes for rows [r0, r1) and M quantised tokens: the small-M kernel (AVX2 maddubs, each
+// weight byte loaded once for a tile of up to 8 tokens) with a scalar fallback. Same result as i2s_gemm.
+void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
+                       const int32_t* qsum, int M, float wscale, float* y);
+
+}  // namespace medusa

@@ -1,0 +1,234 @@
+"""GGUF files that hold bitnet.cpp's I2_S tensors (type 36): a reader and a writer of our own.
+
+The `gguf` package refuses type 36 (upstream reused the number), so these files need their own tensor-info
+parser; the value types, names and quantisation sizes of every other tensor type still come from `gguf`.
+An I2_S tensor of n = ne0 * ne1 weights occupies n/4 packed bytes (canonical 128/32 layout, see i2s.py) plus 32
+tail bytes whose first 4 are the float32 per-tensor scale; the rest of the tail is ignored. Files quantised on
+recent ARM builds of bitnet.cpp use an unmarked 64/16 layout: this reader assumes 128/32 (code 3 in the data is
+the usual symptom of the other layout and is rejected).
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+I2_S = 36
+GGUF_MAGIC = b"GGUF"
+_SCALAR = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
+
+
+@dataclass
+class Tensor:
+    name: str
+    type: int
+    shape: Tuple[int, ...]  # ggml order: ne0 (row length) first
+    offset: int  # absolute, in the file
+    nbytes: int
+
+    @property
+    def n(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class GGUFFile:
+    """Metadata and tensor table of a GGUF (I2_S allowed); tensor data is memory-mapped, never copied."""
+
+    def __init__(self, path: str):
+        self.path = path
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(24)
+            if len(head) < 24 or head[:4] != GGUF_MAGIC:
+                raise ValueError(f"{path}: not a GGUF file")
+            version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
+            if version not in (2, 3):
+                raise ValueError(f"{path}: GGUF version {version} is not supported (2 or 3)")
+            if n_tensors > 1 << 20 or n_kv > 1 << 20:
+                raise ValueError(f"{path}: corrupt header ({n_tensors} tensors, {n_kv} keys)")
+        self._mm = np.memmap(path, dtype=np.uint8, mode="r")
+        self._pos = 24
+        self.fields: Dict[str, Any] = {}
+        try:
+            for _ in range(n_kv):
+                key = self._str()
+                self.fields[key] = self._value(GGUFValueType(self._u32()))
+            infos = []
+            for _ in range(n_tensors):
+                name = self._str()
+                nd = self._u32()
+                if nd > 4:
+                    raise ValueError(f"tensor {name} has {nd} dimensions")
+                shape = tuple(self._u64() for _ in range(nd))
+                infos.append((name, shape, self._u32(), self._u64()))
+        except (struct.error, IndexError):
+            raise ValueError(f"{path}: the file ends inside its header (truncated)") from None
+        align = int(self.fields.get("general.alignment", 32))
+        data_start = (self._pos + align - 1) // align * align
+        self.tensors: Dict[str, Tensor] = {}
+        for name, shape, ttype, off in infos:
+            nbytes = tensor_nbytes(name, ttype, shape)
+            t = Tensor(name, ttype, shape, data_start + off, nbytes)
+            if t.offset + nbytes > size:
+                raise ValueError(f"{path}: tensor {name} runs past the end of the file ({t.offset + nbytes} > {size} "
+                                 "bytes): the file is truncated")
+            self.tensors[name] = t
+
+    # -- header primitives
+    def _take(self, n: int) -> bytes:
+        if self._pos + n > len(self._mm):
+            raise IndexError
+        b = bytes(self._mm[self._pos:self._pos + n])
+        self._pos += n
+        return b
+
+    def _u32(self) -> int:
+        return struct.unpack("<I", self._take(4))[0]
+
+    def _u64(self) -> int:
+        return struct.unpack("<Q", self._take(8))[0]
+
+    def _str(self) -> str:
+        n = self._u64()
+        if n > 1 << 30:
+            raise ValueError(f"{self.path}: corrupt string length {n}")
+        return self._take(n).decode("utf-8", errors="surrogateescape")
+
+    def _value(self, vt: GGUFValueType):
+        if vt == GGUFValueType.STRING:
+            return self._str()
+        if vt == GGUFValueType.ARRAY:
+            sub = GGUFValueType(self._u32())
+            n = self._u64()
+            if sub in _SCALAR:  # numeric arrays (token types, scores) in one read
+                fmt = _SCALAR[sub]
+                width = struct.calcsize(fmt)
+                return list(np.frombuffer(self._take(n * width), dtype=np.dtype(fmt)))
+            return [self._value(sub) for _ in range(n)]
+        fmt = _SCALAR[vt]
+        return struct.unpack(fmt, self._take(struct.calcsize(fmt)))[0]
+
+    # -- data
+    def raw(self, name: str) -> np.ndarray:
+        t = self.tensor(name)
+        return self._mm[t.offset:t.offset + t.nbytes]
+
+    def tensor(self, name: str) -> Tensor:
+        if name not in self.tensors:
+            raise ValueError(f"{self.path}: tensor {name} is missing")
+        return self.tensors[name]
+
+    def array(self, name: str) -> np.ndarray:
+        """F32/F16 tensors as [ne1, ne0] (or [ne0]) views."""
+        t = self.tensor(name)
+        dt = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}.get(t.type)
+        if dt is None:
+            raise ValueError(f"{self.path}: tensor {name} has type {type_name(t.type)}, expected F32 or F16")
+        return self.raw(name).view(dt).reshape(tuple(reversed(t.shape)))
+
+    def i2s(self, name: str) -> Tuple[np.ndarray, float]:
+        """An I2_S tensor as ([ne1, ne0/4] packed bytes view, float32 scale)."""
+        t = self.tensor(name)
+        if t.type != I2_S:
+            raise ValueError(f"{self.path}: tensor {name} has type {type_name(t.type)}, expected I2_S")
+        raw = self.raw(name)
+        n4 = t.n // 4
+        scale = float(raw[n4:n4 + 4].view(np.float32)[0])
+        if not np.isfinite(scale):
+            raise ValueError(f"{self.path}: tensor {name} has a non-finite scale ({scale})")
+        return raw[:n4].reshape(t.shape[1], t.shape[0] // 4), scale
+
+
+def type_name(t: int) -> str:
+    if t == I2_S:
+        return "I2_S"
+    try:
+        return GGMLQuantizationType(t).name
+    except ValueError:
+        return f"unknown type {t}"
+
+
+def tensor_nbytes(name: str, ttype: int, shape: Tuple[int, ...]) -> int:
+    n = int(np.prod(shape)) if shape else 1
+    if ttype == I2_S:
+        if not shape or shape[0] % 128:
+            raise ValueError(f"I2_S tensor {name}: rows of {shape[0] if shape else 0} weights; bitnet.cpp's layout "
+                             "needs a multiple of 128")
+        return n // 4 + 32
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+    except (ValueError, KeyError):
+        raise ValueError(f"tensor {name} has unknown type {ttype}: neither a ggml type nor I2_S (36)") from None
+    if n % block:
+        raise ValueError(f"tensor {name}: {n} elements is not a multiple of {type_name(ttype)}'s block {block}")
+    return n // block * size
+
+
+# ------------------------------------------------------------------------------------------------ writer
+def _pack_value(v, vt: GGUFValueType, sub: GGUFValueType = None) -> bytes:
+    if vt == GGUFValueType.STRING:
+        b = v.encode("utf-8", errors="surrogateescape") if isinstance(v, str) else bytes(v)
+        return struct.pack("<Q", len(b)) + b
+    if vt == GGUFValueType.ARRAY:
+        out = [struct.pack("<IQ", sub, len(v))]
+        if sub in _SCALAR:
+            out.append(np.asarray(v, dtype=np.dtype(_SCALAR[sub])).tobytes())
+        else:
+            out.extend(_pack_value(x, sub) for x in v)
+        return b"".join(out)
+    return struct.pack(_SCALAR[vt], v)
+
+
+def _infer(v) -> Tuple[GGUFValueType, GGUFValueType]:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        first = v[0] if len(v) else 0
+        return GGUFValueType.ARRAY, _infer(first)[0]
+    if isinstance(v, (str, bytes)):
+        return GGUFValueType.STRING, None
+    if isinstance(v, (bool, np.bool_)):
+        return GGUFValueType.BOOL, None
+    if isinstance(v, (float, np.floating)):
+        return GGUFValueType.FLOAT32, None
+    return GGUFValueType.UINT32 if v >= 0 else GGUFValueType.INT32, None
+
+
+def write_gguf(path: str, fields: Dict[str, Any], tensors: List[Tuple[str, int, Tuple[int, ...], bytes]],
+               types: Dict[str, Tuple[GGUFValueType, GGUFValueType]] = None, align: int = 32) -> None:
+    """fields: key -> value (types inferred unless given in `types`); tensors: (name, type, ggml shape, bytes)."""
+    types = types or {}
+    kv = []
+    for k, v in fields.items():
+        vt, sub = types.get(k) or _infer(v)
+        kv.append(_pack_value(k, GGUFValueType.STRING) + struct.pack("<I", vt) + _pack_value(v, vt, sub))
+    infos, offset = [], 0
+    for name, ttype, shape, data in tensors:
+        if len(data) != tensor_nbytes(name, ttype, shape):
+            raise ValueError(f"tensor {name}: {len(data)} bytes for shape {shape} of type {type_name(ttype)}")
+        infos.append(_pack_value(name, GGUFValueType.STRING) + struct.pack("<I", len(shape)) +
+                     struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<IQ", ttype, offset))
+        offset += (len(data) + align - 1) // align * align
+    with open(path, "wb") as f:
+        f.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(fields)))
+        for b in kv + infos:
+            f.write(b)
+        f.write(b"\0" * (-f.tell() % align))
+        for _, _, _, data in tensors:
+            f.write(data)
+            f.write(b"\0" * (-len(data) % align))
+
+
+def i2s_bytes(w: np.ndarray, scale: float) -> bytes:
+    """Ternary [ne1, ne0] (-1/0/+1) and its per-tensor scale -> I2_S tensor bytes (packed, scale, zero tail)."""
+    from .i2s import pack
+
+    tail = np.zeros(32, np.uint8)
+    tail[:4] = np.frombuffer(np.float32(scale).tobytes(), np.uint8)
+    return pack(w).tobytes() + tail.tobytes()

@@ -1,0 +1,77 @@
+"""Synthetic BitNet GGUFs (random ternary weights, any size) in I2_S, written by our own writer: for kernels,
+tests and timing. Never a stand-in for a real model's quality."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .i2s_gguf import I2_S, GGUFFile, i2s_bytes, write_gguf
+
+F32, F16 = 0, 1
+
+
+def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2,
+                 n_ff: int = 384, n_vocab: int = 512, arch: str = "bitnet-b1.58", seed: int = 0,
+                 tokenizer_from: Optional[str] = None, rope_theta: float = 500000.0,
+                 residual_gain: float = 1.0) -> str:
+    """Writes a BitNet-2B-4T-architecture GGUF. tokenizer_from: copy tokenizer.* metadata (and the vocabulary
+    size, padded up to n_vocab when that is larger) from another GGUF, so llama.cpp can load and tokenise for it. residual_gain scales the sub-norm weights: below 1
+    the layers' updates are small beside the embedding stream, so logits are less chaotic (random ternary layers
+    amplify activation-quantisation noise, and two int8 schemes then disagree on near-ties)."""
+    rng = np.random.default_rng(seed)
+    fields = {"general.architecture": arch, "general.name": f"synthetic {arch}", "general.alignment": 32}
+    types = {}
+    if tokenizer_from:
+        src = GGUFFile(tokenizer_from)
+        for k, v in src.fields.items():
+            if k.startswith("tokenizer."):
+                fields[k] = v
+        n_src = len(src.fields["tokenizer.ggml.tokens"])
+        if n_vocab > n_src:  # pad to the requested size with user-defined tokens (e.g. 2B-4T's 128,256)
+            pad = n_vocab - n_src
+            fields["tokenizer.ggml.tokens"] = list(fields["tokenizer.ggml.tokens"]) + [f"<|pad_{i}|>" for i in range(pad)]
+            if "tokenizer.ggml.token_type" in fields:
+                fields["tokenizer.ggml.token_type"] = list(fields["tokenizer.ggml.token_type"]) + [4] * pad
+            if "tokenizer.ggml.scores" in fields:
+                fields["tokenizer.ggml.scores"] = list(fields["tokenizer.ggml.scores"]) + [0.0] * pad
+        else:
+            n_vocab = n_src
+        from gguf import GGUFValueType as T
+
+        types["tokenizer.ggml.token_type"] = (T.ARRAY, T.INT32)
+        types["tokenizer.ggml.scores"] = (T.ARRAY, T.FLOAT32)
+    p = arch + "."
+    fields.update({p + "context_length": 4096, p + "embedding_length": n_embd, p + "block_count": n_layer,
+                   p + "feed_forward_length": n_ff, p + "attention.head_count": n_head,
+                   p + "attention.head_count_kv": n_head_kv, p + "rope.dimension_count": n_embd // n_head,
+                   p + "attention.layer_norm_rms_epsilon": 1e-5, p + "rope.freq_base": float(rope_theta),
+                   p + "vocab_size": n_vocab})
+    hd = n_embd // n_head
+    tensors = []
+
+    def norm(name, n, gain=1.0):
+        tensors.append((name, F32, (n,), (rng.uniform(0.5, 1.5, n) * gain).astype(np.float32).tobytes()))
+
+    def tern(name, rows, cols):
+        w = rng.choice(np.array([-1, 0, 1]), size=(rows, cols), p=[0.3, 0.4, 0.3])
+        tensors.append((name, I2_S, (cols, rows), i2s_bytes(w, float(rng.uniform(0.5, 2.0)))))
+
+    tensors.append(("token_embd.weight", F16, (n_embd, n_vocab),
+                    (rng.standard_normal((n_vocab, n_embd)) * 1.0).astype(np.float16).tobytes()))
+    norm("output_norm.weight", n_embd)
+    for i in range(n_layer):
+        norm(f"blk.{i}.attn_norm.weight", n_embd)
+        norm(f"blk.{i}.attn_sub_norm.weight", n_embd, residual_gain)
+        norm(f"blk.{i}.ffn_norm.weight", n_embd)
+        norm(f"blk.{i}.ffn_sub_norm.weight", n_ff, residual_gain)
+        tern(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+        tern(f"blk.{i}.attn_k.weight", n_head_kv * hd, n_embd)
+        tern(f"blk.{i}.attn_v.weight", n_head_kv * hd, n_embd)
+        tern(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+        tern(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        tern(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        tern(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+    # tokenizer keys need their exact array types; tensors sorted as written
+    write_gguf(path, fields, tensors, types=types)
+    return path
