@@ -266,30 +266,47 @@ PYBIND11_MODULE(_native, mod) {
         .def("commit", [](PyBitnet& b, Arr<int32_t> idx) { b.eng->commit(idx.data(), (int)idx.size()); })
         .def("truncate", [](PyBitnet& b, int n) { b.eng->truncate(n); })
         .def_property_readonly("n_past", [](PyBitnet& b) { return b.eng->n_past(); });
-    mod.def("ternary_gemm_timed", [](Arr<uint8_t> w, int K, Arr<int8_t> q, Arr<float> qs, Arr<int32_t> qsum,
-                                     int n_threads, int reps) {
-            // Median seconds of the threaded small-M kernel over w ([N, K/4]) for M = q.shape[0] tokens.
-            const int N = (int)(w.size() / (K / 4)), M = (int)q.shape(0);
+    mod.def("ternary_sequence_timed", [](py::list weights, py::dict acts, int n_threads, int reps) {
+            // Median seconds of one pass of the threaded small-M kernel over every matrix in `weights` ([N, K/4]
+            // uint8 each, all distinct so the pass streams from memory), with acts[K] = (q, scale, sum).
+            struct Op { const uint8_t* w; int N, K; const int8_t* q; const float* s; const int32_t* sum; int M; };
+            std::vector<Op> ops;
+            py::list keep;
+            size_t maxNM = 0;
+            for (auto item : weights) {
+                Arr<uint8_t> w(py::reinterpret_borrow<py::object>(item));
+                need_2d(w, "weights");
+                const int K = (int)w.shape(1) * 4;
+                py::tuple t = acts[py::int_(K)].cast<py::tuple>();
+                Arr<int8_t> q(t[0]);
+                Arr<float> qs(t[1]);
+                Arr<int32_t> qsum(t[2]);
+                if ((int)q.shape(1) != K) throw py::value_error("activations do not fit the weights");
+                keep.append(w); keep.append(q); keep.append(qs); keep.append(qsum);
+                ops.push_back({w.data(), (int)w.shape(0), K, q.data(), qs.data(), qsum.data(), (int)q.shape(0)});
+                maxNM = std::max(maxNM, (size_t)w.shape(0) * q.shape(0));
+            }
             ThreadPool pool(std::max(1, n_threads));
-            std::vector<float> y((size_t)M * N);
+            std::vector<float> y(maxNM);
             std::vector<double> ts;
             {
                 py::gil_scoped_release nogil;
                 for (int r = 0; r < reps + 1; ++r) {
                     const auto t0 = std::chrono::steady_clock::now();
-                    const int tasks = (N + 63) / 64;
-                    pool.run(tasks, [&](int t) {
-                        ternary_gemm_rows(w.data(), K, t * 64, std::min(N, t * 64 + 64), N, q.data(), qs.data(),
-                                          qsum.data(), M, 1.0f, y.data());
-                    });
+                    for (const Op& op : ops) {
+                        const int tasks = (op.N + 63) / 64;
+                        pool.run(tasks, [&](int t) {
+                            ternary_gemm_rows(op.w, op.K, t * 64, std::min(op.N, t * 64 + 64), op.N, op.q, op.s,
+                                              op.sum, op.M, 1.0f, y.data());
+                        });
+                    }
                     if (r) ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
                 }
             }
             std::sort(ts.begin(), ts.end());
             return ts[ts.size() / 2];
         },
-        py::arg("w"), py::arg("K"), py::arg("q"), py::arg("scale"), py::arg("sum"), py::arg("n_threads") = 1,
-        py::arg("reps") = 5);
+        py::arg("weights"), py::arg("acts"), py::arg("n_threads") = 1, py::arg("reps") = 3);
     mod.def("ternary_gemm_fast", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
             need_2d(w, "I2_S weights");
             const int N = (int)w.shape(0), K = (int)w.shape(1) * 4, M = (int)q.shape(0);
