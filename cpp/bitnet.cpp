@@ -44,20 +44,6 @@ inline void row_tile(const uint8_t* row, int nb, const int8_t* q, int K, int32_t
 }
 #endif
 
-inline void row_scalar(const uint8_t* row, int nb, const int8_t* q, int K, int M, int32_t* out) {
-    for (int m = 0; m < M; ++m) {
-        const int8_t* a = q + (size_t)m * K;
-        int32_t s = 0;
-        for (int b = 0; b < nb; ++b)
-            for (int p = 0; p < 32; ++p) {
-                const int byte = row[32 * b + p];
-                s += ((byte >> 6) & 3) * a[128 * b + p] + ((byte >> 4) & 3) * a[128 * b + 32 + p] +
-                     ((byte >> 2) & 3) * a[128 * b + 64 + p] + (byte & 3) * a[128 * b + 96 + p];
-            }
-        out[m] = s;
-    }
-}
-
 void rms_norm(const float* x, const float* w, int n, float eps, float* y) {
     double ss = 0;
     for (int i = 0; i < n; ++i) ss += (double)x[i] * x[i];
@@ -84,7 +70,7 @@ void rope_neox(float* v, int n_heads, int d, int pos, float theta) {
 
 void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
                        const int32_t* qsum, int M, float wscale, float* y) {
-    const int nb = K / 128;
+    [[maybe_unused]] const int nb = K / 128;
     int32_t s[8];
     for (int r = r0; r < r1; ++r) {
         const uint8_t* row = w + (size_t)r * (K / 4);
@@ -103,7 +89,7 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
                 default: row_tile<8>(row, nb, qa, K, s); break;
             }
 #else
-            row_scalar(row, nb, qa, K, mt, s);
+            for (int m = 0; m < mt; ++m) s[m] = i2s_row_codes_dot(row, qa + (size_t)m * K, K);
 #endif
             for (int m = 0; m < mt; ++m)
                 y[(size_t)(m0 + m) * N + r] = (float)(s[m] - qsum[m0 + m]) / qscale[m0 + m] * wscale;
@@ -124,12 +110,16 @@ BitnetEngine::BitnetEngine(const BitnetConfig& c, std::vector<BitnetLayer> layer
     vcache_.assign(kv, 0.f);
 }
 
-void BitnetEngine::ternary_linear(const TernaryWeight& w, const float* x, int M, float* y) {
-    if (w.cols % 128) throw std::invalid_argument("I2_S rows must hold a multiple of 128 weights");
-    q8_.resize((size_t)M * w.cols);
+void BitnetEngine::quantize_input(const float* x, int M, int K) {
+    q8_.resize((size_t)M * K);
     qscale_.resize(M);
     qsum_.resize(M);
-    i2s_quantize_acts(x, M, w.cols, q8_.data(), qscale_.data(), qsum_.data());
+    q_cols_ = K;
+    i2s_quantize_acts(x, M, K, q8_.data(), qscale_.data(), qsum_.data());
+}
+
+void BitnetEngine::ternary_linear(const TernaryWeight& w, int M, float* y) {
+    if (w.cols != q_cols_) throw std::logic_error("ternary_linear: the quantised input does not fit the weight");
     const int tasks = (w.rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     pool_.run(tasks, [&](int t) {
         const int r0 = t * ROWS_PER_TASK, r1 = std::min(w.rows, r0 + ROWS_PER_TASK);
@@ -222,9 +212,10 @@ void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int3
     for (int l = 0; l < c_.n_layer; ++l) {
         const BitnetLayer& L = layers_[l];
         for (int i = 0; i < M; ++i) rms_norm(&x[(size_t)i * H], L.attn_norm, H, c_.eps, &h[(size_t)i * H]);
-        ternary_linear(L.wq, h.data(), M, q.data());
-        ternary_linear(L.wk, h.data(), M, k.data());
-        ternary_linear(L.wv, h.data(), M, v.data());
+        quantize_input(h.data(), M, H);  // once for q, k and v
+        ternary_linear(L.wq, M, q.data());
+        ternary_linear(L.wk, M, k.data());
+        ternary_linear(L.wv, M, v.data());
         float* Kc = kcache_.data() + (size_t)l * c_.n_ctx * kvw;
         float* Vc = vcache_.data() + (size_t)l * c_.n_ctx * kvw;
         for (int i = 0; i < M; ++i) {
@@ -235,18 +226,21 @@ void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int3
         }
         attention(l, q.data(), parents, M, a.data());
         for (int i = 0; i < M; ++i) rms_norm(&a[(size_t)i * H], L.attn_sub_norm, H, c_.eps, &t[(size_t)i * H]);
-        ternary_linear(L.wo, t.data(), M, a.data());
+        quantize_input(t.data(), M, H);
+        ternary_linear(L.wo, M, a.data());
         for (size_t e = 0; e < x.size(); ++e) x[e] += a[e];
 
         for (int i = 0; i < M; ++i) rms_norm(&x[(size_t)i * H], L.ffn_norm, H, c_.eps, &h[(size_t)i * H]);
-        ternary_linear(L.w_gate, h.data(), M, g.data());
-        ternary_linear(L.w_up, h.data(), M, u.data());
+        quantize_input(h.data(), M, H);  // once for gate and up
+        ternary_linear(L.w_gate, M, g.data());
+        ternary_linear(L.w_up, M, u.data());
         for (size_t e = 0; e < g.size(); ++e) {
             const float z = g[e];
             g[e] = (c_.relu2 ? (z > 0.f ? z * z : 0.f) : z / (1.0f + std::exp(-z))) * u[e];
         }
         for (int i = 0; i < M; ++i) rms_norm(&g[(size_t)i * F], L.ffn_sub_norm, F, c_.eps, &u[(size_t)i * F]);
-        ternary_linear(L.w_down, u.data(), M, a.data());
+        quantize_input(u.data(), M, F);
+        ternary_linear(L.w_down, M, a.data());
         for (size_t e = 0; e < x.size(); ++e) x[e] += a[e];
     }
     for (int i = 0; i < M; ++i) rms_norm(&x[(size_t)i * H], output_norm_, H, c_.eps, hidden + (size_t)i * H);

@@ -50,11 +50,12 @@ public:
     const BitnetConfig& config() const { return c_; }
     int n_threads() const { return pool_.size(); }
 
-    // Building blocks, exposed for tests and the benchmark.
-    void ternary_linear(const TernaryWeight& w, const float* x, int M, float* y);
-    void project(const float* hidden, int M, float* logits);
-
 private:
+    // x [M, K] -> the int8 input the next ternary_linear calls share (q, k and v read the same normed input, as
+    // do gate and up: quantised once).
+    void quantize_input(const float* x, int M, int K);
+    void ternary_linear(const TernaryWeight& w, int M, float* y);
+    void project(const float* hidden, int M, float* logits);
     void attention(int layer, const float* q, const int32_t* parents, int M, float* out);
     BitnetConfig c_;
     std::vector<BitnetLayer> layers_;
@@ -67,6 +68,7 @@ private:
     std::vector<int8_t> q8_;
     std::vector<float> qscale_;
     std::vector<int32_t> qsum_;
+    int q_cols_ = 0;
 };
 
 // Ternary GEMM over I2_S bytes for rows [r0, r1) and M quantised tokens: the small-M kernel (AVX2 maddubs, each

@@ -9,25 +9,21 @@
 #include <thread>
 
 #include "heads.h"
+#include "py_arrays.h"
 #include "ternary.h"
 #include "bitnet.h"
 #include "dot.h"
 
 namespace py = pybind11;
 using namespace medusa;
+using medusa_py::Arr;
+using medusa_py::need_2d;
 
 namespace {
 
 template <class T>
-using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-template <class T>
 std::vector<T> to_vec(const Arr<T>& a) {
     return std::vector<T>(a.data(), a.data() + a.size());
-}
-
-void need_2d(const py::array& a, const char* what) {
-    if (a.ndim() != 2) throw py::value_error(std::string(what) + " must be a 2-D array");
 }
 
 Matrix matrix_from(py::array w, py::object scale) {
@@ -180,14 +176,7 @@ PYBIND11_MODULE(_native, mod) {
         },
         py::arg("x"), "bitnet.cpp's per-token int8 quantisation: (q [M, K] int8, 127/absmax [M], row sums [M]).");
     mod.def("i2s_gemm", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
-            need_2d(w, "I2_S weights");
-            need_2d(q, "quantised activations");
-            const int N = (int)w.shape(0), K = (int)w.shape(1) * 4, M = (int)q.shape(0);
-            if (K % 128) throw py::value_error("I2_S rows must hold a multiple of 128 weights, got " + std::to_string(K));
-            if ((int)q.shape(1) != K)
-                throw py::value_error("activations have " + std::to_string(q.shape(1)) + " columns, weights " + std::to_string(K));
-            if ((int)wscale.size() != N || (int)scale.size() != M || (int)sum.size() != M)
-                throw py::value_error("one weight scale per row and one scale and sum per token are needed");
+            const auto [N, K, M] = medusa_py::check_ternary_gemm(w, wscale, q, scale, sum);
             py::array_t<float> y({M, N});
             {
                 py::gil_scoped_release nogil;
@@ -308,9 +297,7 @@ PYBIND11_MODULE(_native, mod) {
         },
         py::arg("weights"), py::arg("acts"), py::arg("n_threads") = 1, py::arg("reps") = 3);
     mod.def("ternary_gemm_fast", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
-            need_2d(w, "I2_S weights");
-            const int N = (int)w.shape(0), K = (int)w.shape(1) * 4, M = (int)q.shape(0);
-            if (K % 128 || (int)q.shape(1) != K) throw py::value_error("shapes do not fit (K a multiple of 128)");
+            const auto [N, K, M] = medusa_py::check_ternary_gemm(w, wscale, q, scale, sum);
             py::array_t<float> y({M, N});
             // per-row scales are applied after: the kernel takes one tensor scale, as I2_S has
             ternary_gemm_rows(w.data(), K, 0, N, N, q.data(), scale.data(), sum.data(), M, 1.0f, y.mutable_data());

@@ -25,18 +25,22 @@ void i2s_quantize_acts(const float* x, int M, int K, int8_t* q, float* scale, in
     }
 }
 
+int32_t i2s_row_codes_dot(const uint8_t* row, const int8_t* a, int K) {
+    int32_t s = 0;
+    for (int b = 0; b < K / 128; ++b)
+        for (int p = 0; p < 32; ++p) {
+            const int byte = row[b * 32 + p];
+            for (int g = 0; g < 4; ++g) s += ((byte >> (6 - 2 * g)) & 3) * a[b * 128 + 32 * g + p];
+        }
+    return s;
+}
+
 void i2s_gemm(const uint8_t* w, const float* wscale, int N, int K, const int8_t* q, const float* scale,
               const int32_t* sum, int M, float* y) {
     for (int n = 0; n < N; ++n) {
         const uint8_t* row = w + (size_t)n * (K / 4);
         for (int m = 0; m < M; ++m) {
-            const int8_t* a = q + (size_t)m * K;
-            int32_t s = 0;
-            for (int b = 0; b < K / 128; ++b)
-                for (int p = 0; p < 32; ++p) {
-                    const int byte = row[b * 32 + p];
-                    for (int g = 0; g < 4; ++g) s += ((byte >> (6 - 2 * g)) & 3) * a[b * 128 + 32 * g + p];
-                }
+            const int32_t s = i2s_row_codes_dot(row, q + (size_t)m * K, K);
             y[(size_t)m * N + n] = (float)(s - sum[m]) / scale[m] * wscale[n];
         }
     }

@@ -8,24 +8,20 @@
 #include <cstring>
 
 #include "api.h"
+#include "py_arrays.h"
 
 namespace py = pybind11;
 using namespace medusa_gpu;
+using medusa_py::Arr;
+using medusa_py::need_dims;
 
 namespace {
-
-template <class T>
-using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
 template <class T>
 Buffer to_device(const Arr<T>& a) {
     Buffer b(std::max<size_t>(a.nbytes(), 4));
     b.upload(a.data(), a.nbytes());
     return b;
-}
-
-void need_dims(const py::array& a, int nd, const char* what) {
-    if (a.ndim() != nd) throw py::value_error(std::string(what) + " must be a " + std::to_string(nd) + "-D array");
 }
 
 }  // namespace
@@ -59,14 +55,7 @@ PYBIND11_MODULE(_gpu, mod) {
 
     mod.def("ternary_gemm", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum,
                                int kernel) {
-            need_dims(w, 2, "I2_S weights");
-            need_dims(q, 2, "quantised activations");
-            const int N = (int)w.shape(0), K = (int)w.shape(1) * 4, M = (int)q.shape(0);
-            if ((int)q.shape(1) != K)
-                throw py::value_error("activations have " + std::to_string(q.shape(1)) + " columns, weights " +
-                                      std::to_string(K));
-            if ((int)wscale.size() != N || (int)scale.size() != M || (int)sum.size() != M)
-                throw py::value_error("one weight scale per row and one scale and sum per token are needed");
+            const auto [N, K, M] = medusa_py::check_ternary_gemm(w, wscale, q, scale, sum);
             Buffer dw = to_device(w), dws = to_device(wscale), dq = to_device(q), ds = to_device(scale),
                    dsum = to_device(sum), dy((size_t)M * N * 4);
             ternary_gemm((const uint8_t*)dw.data(), (const float*)dws.data(), (const int8_t*)dq.data(),

@@ -87,12 +87,12 @@ class BitnetModel:
         return self.engine.n_past
 
     def forward(self, tokens, parents=None, logits: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """Nodes (tokens; parents = batch index or -1 for the committed prefix) -> (hidden, logits). Positions are
-        n_past + depth in the tree."""
+        """Nodes (tokens; parents = batch index or -1 for the committed prefix; None: a plain sequence) ->
+        (hidden, logits). Positions are n_past + depth in the tree."""
         tokens = np.asarray(tokens, dtype=np.int32)
-        parents = np.full(len(tokens), -1, np.int32) if parents is None else np.asarray(parents, np.int32)
-        if parents is not None and len(parents) and np.all(parents == -1) and len(tokens) > 1:
-            parents = np.arange(-1, len(tokens) - 1, dtype=np.int32)  # a plain sequence
+        if parents is None:  # a plain sequence: each token's parent is the one before it
+            parents = np.arange(-1, len(tokens) - 1, dtype=np.int32)
+        parents = np.asarray(parents, np.int32)
         depth = np.zeros(len(tokens), np.int32)
         for i, p in enumerate(parents):
             if p >= i:

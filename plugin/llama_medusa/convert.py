@@ -52,21 +52,10 @@ def convert(src: str, dst: str, to: str = "tq2_0", log=print) -> None:
     for k, v in f.fields.items():
         if k in ("general.architecture", "general.file_type", "general.alignment"):
             continue
+        vt, sub = f.types[k]  # written back with the source file's own value types
         if k.startswith(arch + "."):
             k = "bitnet." + k[len(arch) + 1:]
-        t = gguf.GGUFValueType
-        if isinstance(v, list):
-            sub = (t.STRING if isinstance(v[0], str) else t.FLOAT32 if isinstance(v[0], (float, np.floating))
-                   else t.INT32)
-            w.add_key_value(k, v, t.ARRAY, sub_type=sub)
-        elif isinstance(v, str):
-            w.add_key_value(k, v, t.STRING)
-        elif isinstance(v, (float, np.floating)):
-            w.add_key_value(k, float(v), t.FLOAT32)
-        elif isinstance(v, (bool, np.bool_)):
-            w.add_key_value(k, bool(v), t.BOOL)
-        else:
-            w.add_key_value(k, int(v), t.UINT32 if v >= 0 else t.INT32)
+        w.add_key_value(k, v, vt, sub_type=sub)
     if "tokenizer.ggml.pre" not in f.fields:
         w.add_tokenizer_pre("llama-bpe")  # 2B-4T ships without it; it is LLaMA-3's tokenizer
     w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)

@@ -189,7 +189,6 @@ class MedusaHeads:
             if reason:
                 raise ValueError(f"medusa heads on the GPU: {reason}")
             eng = gpu.module().HeadsEngine(self.hidden_size)
-            proj_dtype = "f32"  # the GPU engine takes float and stores float16 itself
         elif device == "cpu":
             eng = _native.HeadsEngine(self.hidden_size, n_threads)
         else:
@@ -228,7 +227,7 @@ class MedusaHeads:
 
 
 def _add_projection(eng, w: np.ndarray, dtype: str, device: str) -> int:
-    if device == "gpu":
+    if device == "gpu":  # the GPU engine takes float and stores float16 itself
         return eng.add_projection(np.asarray(w, dtype=np.float32))
     return eng.add_projection(*convert_projection(w, dtype))
 

@@ -57,10 +57,15 @@ class GGUFFile:
         self._mm = np.memmap(path, dtype=np.uint8, mode="r")
         self._pos = 24
         self.fields: Dict[str, Any] = {}
+        # key -> (value type, element type of an array or None): what a copy of the key must be written as
+        self.types: Dict[str, Tuple[GGUFValueType, Any]] = {}
         try:
             for _ in range(n_kv):
                 key = self._str()
-                self.fields[key] = self._value(GGUFValueType(self._u32()))
+                vt = GGUFValueType(self._u32())
+                sub = GGUFValueType(struct.unpack("<I", self._take(4))[0]) if vt == GGUFValueType.ARRAY else None
+                self.types[key] = (vt, sub)
+                self.fields[key] = self._array(sub) if sub is not None else self._value(vt)
             infos = []
             for _ in range(n_tensors):
                 name = self._str()
@@ -106,15 +111,16 @@ class GGUFFile:
         if vt == GGUFValueType.STRING:
             return self._str()
         if vt == GGUFValueType.ARRAY:
-            sub = GGUFValueType(self._u32())
-            n = self._u64()
-            if sub in _SCALAR:  # numeric arrays (token types, scores) in one read
-                fmt = _SCALAR[sub]
-                width = struct.calcsize(fmt)
-                return list(np.frombuffer(self._take(n * width), dtype=np.dtype(fmt)))
-            return [self._value(sub) for _ in range(n)]
+            return self._array(GGUFValueType(self._u32()))
         fmt = _SCALAR[vt]
         return struct.unpack(fmt, self._take(struct.calcsize(fmt)))[0]
+
+    def _array(self, sub: GGUFValueType) -> list:
+        n = self._u64()
+        if sub in _SCALAR:  # numeric arrays (token types, scores) in one read
+            fmt = _SCALAR[sub]
+            return list(np.frombuffer(self._take(n * struct.calcsize(fmt)), dtype=np.dtype(fmt)))
+        return [self._value(sub) for _ in range(n)]
 
     # -- data
     def raw(self, name: str) -> np.ndarray:

@@ -27,6 +27,7 @@ def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4
         for k, v in src.fields.items():
             if k.startswith("tokenizer."):
                 fields[k] = v
+                types[k] = src.types[k]  # token types are INT32, scores FLOAT32: keep the source's exact types
         n_src = len(src.fields["tokenizer.ggml.tokens"])
         if n_vocab > n_src:  # pad to the requested size with user-defined tokens (e.g. 2B-4T's 128,256)
             pad = n_vocab - n_src
@@ -37,10 +38,6 @@ def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4
                 fields["tokenizer.ggml.scores"] = list(fields["tokenizer.ggml.scores"]) + [0.0] * pad
         else:
             n_vocab = n_src
-        from gguf import GGUFValueType as T
-
-        types["tokenizer.ggml.token_type"] = (T.ARRAY, T.INT32)
-        types["tokenizer.ggml.scores"] = (T.ARRAY, T.FLOAT32)
     p = arch + "."
     fields.update({p + "context_length": 4096, p + "embedding_length": n_embd, p + "block_count": n_layer,
                    p + "feed_forward_length": n_ff, p + "attention.head_count": n_head,
@@ -72,6 +69,5 @@ def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4
         tern(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
         tern(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tern(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
-    # tokenizer keys need their exact array types; tensors sorted as written
     write_gguf(path, fields, tensors, types=types)
     return path
