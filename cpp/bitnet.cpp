@@ -162,18 +162,20 @@ void BitnetEngine::attention(int layer, const float* q, const int32_t* parents, 
     const float scale = 1.0f / std::sqrt((float)hd);
     pool_.run(M * c_.n_head, [&](int task) {
         const int i = task / c_.n_head, h = task % c_.n_head, hk = h / G;
-        std::vector<int> slots;
+        // Scratch reused across calls (a decode step runs n_head x n_layer of these tasks per token).
+        thread_local std::vector<int> slots;
+        thread_local std::vector<float> s;
+        slots.clear();
         for (int j = i; j >= 0; j = parents[j]) slots.push_back(n_past_ + j);
         std::reverse(slots.begin(), slots.end());
         const int n = n_past_ + (int)slots.size();
-        std::vector<float> s(n);
+        s.resize(n);
         const float* qh = q + (size_t)i * c_.n_embd + h * hd;
         float mx = -INFINITY;
         for (int p = 0; p < n; ++p) {
             const int slot = p < n_past_ ? p : slots[p - n_past_];
-            const float* k = K + (size_t)slot * kvw + hk * hd;
-            float d = 0.f;
-            for (int e = 0; e < hd; ++e) d += qh[e] * k[e];
+            float d;
+            dot_f32<1>(K + (size_t)slot * kvw + hk * hd, qh, hd, &d);  // the same code for every M: trees stay exact
             s[p] = d * scale;
             mx = std::max(mx, s[p]);
         }

@@ -46,6 +46,9 @@ public:
     // Keeps the listed batch nodes (increasing batch indices: a root-to-leaf path) as the next committed tokens.
     void commit(const int32_t* idx, int n);
     void truncate(int n_past);
+    // The vocabulary projection alone: hidden [M, n_embd] final-norm states -> logits [M, n_vocab] (a row's result
+    // does not depend on M, so a prompt's last row projected alone equals that row of a full forward).
+    void project(const float* hidden, int M, float* logits);
     int n_past() const { return n_past_; }
     const BitnetConfig& config() const { return c_; }
     int n_threads() const { return pool_.size(); }
@@ -55,7 +58,6 @@ private:
     // do gate and up: quantised once).
     void quantize_input(const float* x, int M, int K);
     void ternary_linear(const TernaryWeight& w, int M, float* y);
-    void project(const float* hidden, int M, float* logits);
     void attention(int layer, const float* q, const int32_t* parents, int M, float* out);
     BitnetConfig c_;
     std::vector<BitnetLayer> layers_;

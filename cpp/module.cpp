@@ -254,6 +254,21 @@ PYBIND11_MODULE(_native, mod) {
              py::arg("tokens"), py::arg("positions"), py::arg("parents"), py::arg("logits") = true)
         .def("commit", [](PyBitnet& b, Arr<int32_t> idx) { b.eng->commit(idx.data(), (int)idx.size()); })
         .def("truncate", [](PyBitnet& b, int n) { b.eng->truncate(n); })
+        .def("project", [](PyBitnet& b, Arr<float> hidden) {
+                 const auto& c = b.eng->config();
+                 need_2d(hidden, "hidden");
+                 if ((int)hidden.shape(1) != c.n_embd)
+                     throw py::value_error("hidden has " + std::to_string(hidden.shape(1)) + " columns, n_embd is " +
+                                           std::to_string(c.n_embd));
+                 const int M = (int)hidden.shape(0);
+                 py::array_t<float> l({M, c.n_vocab});
+                 {
+                     py::gil_scoped_release nogil;
+                     b.eng->project(hidden.data(), M, l.mutable_data());
+                 }
+                 return l;
+             },
+             py::arg("hidden"), "Final-norm states [M, n_embd] -> logits [M, n_vocab].")
         .def_property_readonly("n_past", [](PyBitnet& b) { return b.eng->n_past(); });
     mod.def("ternary_sequence_timed", [](py::list weights, py::dict acts, int n_threads, int reps) {
             // Median seconds of one pass of the threaded small-M kernel over every matrix in `weights` ([N, K/4]

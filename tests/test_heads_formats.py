@@ -109,7 +109,7 @@ def test_truncated_gguf(tmp_path):
     write_gguf_heads(path, heads)
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-20])
-    with pytest.raises(ValueError, match="cannot read GGUF"):
+    with pytest.raises(ValueError, match="the file is truncated"):
         MedusaHeads.load(path)
 
 

@@ -111,10 +111,8 @@ def cpu_name() -> str:
 
 
 def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 5, use_cache: bool = True) -> Dict[int, float]:
-    """Median seconds of one llama_decode of T tokens (every token an output, embeddings on, as a verify pass) on
-    this llama context, cached per model file, thread counts, GPU layers and CPU."""
-    import llama_cpp
-
+    """Median seconds of one verify pass of T tokens on this backbone (llm._measure_verify), cached per model
+    file, thread counts, GPU layers and CPU."""
     from .models import cache_dir
 
     key = json.dumps([os.path.basename(llm.model_path), os.path.getsize(llm.model_path), llm.n_threads,
@@ -123,6 +121,22 @@ def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 5, use_cac
     if use_cache and os.path.exists(path):
         with open(path) as f:
             return {int(k): v for k, v in json.load(f).items()}
+    out = llm._measure_verify(sizes, repeats)
+    # A bigger batch never costs less: a slow outlier (another process, a page fault) at one size must not
+    # make it look dearer than a larger one.
+    for T in sorted(out, reverse=True)[1:]:
+        out[T] = min(out[T], min(v for k, v in out.items() if k > T))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f)
+    return out
+
+
+def time_llama_decode(llm, sizes: Sequence[int], repeats: int) -> Dict[int, float]:
+    """Median seconds of one llama_decode of T tokens after a prefix (every token an output, embeddings on, as a
+    verify pass) on llm's llama context."""
+    import llama_cpp
+
     ctx = llm._ctx.ctx
     mem = llama_cpp.llama_get_memory(ctx)
     prefix = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 6)
@@ -151,18 +165,11 @@ def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 5, use_cac
                 decode([prefix[i % len(prefix)] for i in range(T)], len(prefix), True)
                 times.append(time.perf_counter() - t0)
             out[T] = statistics.median(times[1:])
-        # A bigger batch never costs less: a slow outlier (another process, a page fault) at one size must not
-        # make it look dearer than a larger one.
-        for T in sorted(out, reverse=True)[1:]:
-            out[T] = min(out[T], min(v for k, v in out.items() if k > T))
     finally:
         llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
         llama_cpp.llama_set_embeddings(ctx, False)
         llm.n_tokens = 0
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f)
     return out
 
 

@@ -1,6 +1,7 @@
 """`llama-medusa bitnet-bench`: the ternary GEMM and the native BitNet engine at BitNet-b1.58-2B-4T's shapes
 (synthetic weights), beside this machine's roofline measured in the same run, and stock llama.cpp running the
-TQ2_0 conversion of the same weights.
+Q2_0, TQ2_0 and TQ1_0 conversions of the same weights (llama-medusa convert-i2s). The engine is timed twice: bare
+(BitnetModel) and through llama_medusa.Llama (tokenizer and sampler chain from llama.cpp, the decoder's loop).
 
 Roofline: read bandwidth (numpy sum over 256 MB) and the int8 multiply-add peak of a register-only vpmaddubsw
 loop. Ternary GEMM goal (issue): M = 1 near the read bandwidth, M >= 2 near the multiply-add peak counted in
@@ -59,6 +60,19 @@ def decode_speed(path: str, threads: int, n: int = 16) -> Dict:
     return {"s_per_token": single, "tok_s": 1 / single, "tree_s": tree}
 
 
+def llama_api_speed(path: str, threads: int, n: int = 16) -> float:
+    """Plain greedy decoding through Llama(model_path=<I2_S>): what a user of the API gets without heads."""
+    from .llama import Llama
+
+    llm = Llama(path, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False)
+    gen = llm.generate(list(range(100, 108)), temp=0.0)
+    next(gen)  # the prompt pass
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(gen)
+    return n / (time.perf_counter() - t0)
+
+
 def stock_speed(path: str, threads: int, n: int = 16) -> float:
     import llama_cpp
 
@@ -87,10 +101,15 @@ def run(n_layers: int = 30, threads: int = None, log=print, tokenizer_from: str 
         src = write_bitnet(os.path.join(d, "bitnet.gguf"), n_embd=2560, n_layer=n_layers, n_head=20, n_head_kv=5,
                            n_ff=6912, n_vocab=128256, arch="bitnet", seed=0, tokenizer_from=tokenizer_from)
         s["engine"] = decode_speed(src, threads)
+        s["engine"]["llama_api_tok_s"] = llama_api_speed(src, threads)
         s["bytes_per_token"] = s["ternary_bytes"] + 128256 * 2560 * 2  # + the tied F16 output projection
-        log("converting to TQ2_0 and timing stock llama.cpp ...")
-        convert(src, os.path.join(d, "tq2.gguf"), log=lambda m: None)
-        s["stock_tq2_0_tok_s"] = stock_speed(os.path.join(d, "tq2.gguf"), threads)
+        s["stock_tok_s"] = {}
+        for to in ("tq2_0", "q2_0", "tq1_0"):
+            log(f"converting to {to.upper()} and timing stock llama.cpp ...")
+            dst = os.path.join(d, f"{to}.gguf")
+            convert(src, dst, to=to, log=lambda m: None)
+            s["stock_tok_s"][to] = stock_speed(dst, threads)
+            os.remove(dst)
     return s
 
 
@@ -110,7 +129,10 @@ def format_table(s: Dict) -> str:
         lines.append(f"engine decode: {e['tok_s']:.2f} tok/s (roofline of {s['bytes_per_token'] / 1e9:.2f} GB/token: "
                      f"{roof_tok:.2f} tok/s, {e['tok_s'] / roof_tok:.0%}); tree pass "
                      + ", ".join(f"T={k}: {v / e['s_per_token']:.2f}x one token" for k, v in e["tree_s"].items()))
-        lines.append(f"stock llama.cpp, same weights as TQ2_0: {s['stock_tq2_0_tok_s']:.2f} tok/s")
+        lines.append(f"engine through llama_medusa.Llama (llama.cpp tokenizer + sampler chain): "
+                     f"{e['llama_api_tok_s']:.2f} tok/s")
+        lines.append("stock llama.cpp on the same weights: " + ", ".join(
+            f"{to.upper()} {v:.2f} tok/s" for to, v in s["stock_tok_s"].items()))
     return "\n".join(lines)
 
 

@@ -38,10 +38,11 @@ def main(argv=None) -> int:
     q.add_argument("dst")
     q.add_argument("--type", default="f16", help="f16 (default), q8_0, q4_0, q4_1, f32")
 
-    c = sub.add_parser("convert-i2s", help="an I2_S BitNet GGUF -> TQ2_0 (arch bitnet) for stock llama.cpp")
+    c = sub.add_parser("convert-i2s", help="an I2_S BitNet GGUF -> Q2_0/TQ2_0/TQ1_0 (arch bitnet) for stock llama.cpp")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--to", default="tq2_0", help="tq2_0 (the only target the gguf package here can write)")
+    c.add_argument("--to", default="q2_0", choices=["q2_0", "tq2_0", "tq1_0"],
+                   help="q2_0 (default: upstream kernels on CPU, CUDA and HIP), tq2_0 or tq1_0 (CPU only upstream)")
     bb = sub.add_parser("bitnet-bench", help="ternary GEMM and native BitNet decode at the 2B-4T shapes vs roofline")
     bb.add_argument("--layers", type=int, default=30)
     bb.add_argument("--threads", type=int, default=None)

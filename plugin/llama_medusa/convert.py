@@ -1,27 +1,56 @@
-"""`llama-medusa convert-i2s`: an I2_S BitNet GGUF -> a GGUF stock llama.cpp loads (arch "bitnet", TQ2_0).
+"""`llama-medusa convert-i2s IN OUT --to q2_0|tq2_0|tq1_0`: an I2_S BitNet GGUF -> a GGUF stock llama.cpp loads
+(arch "bitnet").
 
-TQ2_0 holds the same 2-bit codes (w + 1) as I2_S, in blocks of 256 with the field order inside each byte reversed:
-a TQ2_0 block is two consecutive I2_S blocks through a bit-reversal table, plus a float16 d. The codes are exact;
-the per-tensor float32 scale becomes each block's float16 d (relative error at most 2^-11).
+All three targets hold the exact ternary codes; the per-tensor float32 scale becomes each block's float16 d
+(relative error at most 2^-11, the same for every block):
+- q2_0 (upstream type 42, CPU + CUDA + HIP kernels): blocks of 64, d then 16 bytes, weight j at bits 2(j%4) of
+  byte j/4, code w + 1. Packed here: the gguf package (0.19) does not know the type.
+- tq2_0 (CPU only upstream): the same 2-bit codes as I2_S in blocks of 256 with the field order inside each byte
+  reversed: a TQ2_0 block is two consecutive I2_S blocks through a bit-reversal table, plus d.
+- tq1_0 (CPU only upstream, 1.69 bits/weight): base-3 packing, done by gguf.quants from the dequantised tensor
+  (exact: every nonzero block's absmax is the scale).
+The file is written by our GGUF writer (i2s_gguf.write_gguf), since gguf's writer refuses type 42.
 
 Loud limit: upstream llama.cpp's "bitnet" graph uses a SiLU FFN. BitNet-b1.58-2B-4T needs ReLU^2, so a converted
 2B-4T runs, but wrongly (perplexity about 100 instead of 17), until llama.cpp's src/models/bitnet.cpp is patched.
 """
 from __future__ import annotations
 
-import sys
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from .i2s_gguf import I2_S, GGUFFile
+from .i2s import unpack
+from .i2s_gguf import I2_S, Q2_0, GGUFFile, write_gguf
 
 # bits 7-6 -> 1-0, 5-4 -> 3-2, 3-2 -> 5-4, 1-0 -> 7-6
 REV = np.array([((b >> 6) & 3) | (((b >> 4) & 3) << 2) | (((b >> 2) & 3) << 4) | ((b & 3) << 6)
                 for b in range(256)], dtype=np.uint8)
+TQ1_0, TQ2_0 = 34, 35
+# target -> (ggml type, llama_ftype for general.file_type)
+TARGETS = {"q2_0": (Q2_0, 41), "tq2_0": (TQ2_0, 37), "tq1_0": (TQ1_0, 36)}
 
 SILU_WARNING = ("llama-medusa: NOTE: upstream llama.cpp's 'bitnet' architecture runs a SiLU FFN; "
                 "BitNet-b1.58 models need ReLU^2. The converted model loads, but its outputs are wrong until "
                 "llama.cpp's src/models/bitnet.cpp uses LLM_FFN_RELU_SQR.")
+
+
+def upstream_metadata(f: GGUFFile) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """f's metadata as upstream llama.cpp's "bitnet" architecture names it: (fields, value types). Keys are renamed
+    from f's architecture and keep the source's value types; LLaMA-3's pre-tokenizer is named when the file has none
+    (2B-4T ships without it). Shared by convert-i2s and the tokenizer-only GGUF the native backbone gives llama.cpp."""
+    arch = f.fields.get("general.architecture")
+    fields, types = {"general.architecture": "bitnet"}, {}
+    for k, v in f.fields.items():
+        if k in ("general.architecture", "general.file_type", "general.alignment"):
+            continue
+        t = f.types[k]
+        if k.startswith(arch + "."):
+            k = "bitnet." + k[len(arch) + 1:]
+        fields[k], types[k] = v, t
+    if "tokenizer.ggml.pre" not in fields:
+        fields["tokenizer.ggml.pre"] = "llama-bpe"
+    return fields, types
 
 
 def i2s_to_tq2_0(packed: np.ndarray, scale: float) -> np.ndarray:
@@ -30,49 +59,53 @@ def i2s_to_tq2_0(packed: np.ndarray, scale: float) -> np.ndarray:
     rows, kq = packed.shape
     if (kq * 4) % 256:
         raise ValueError(f"TQ2_0 needs rows of a multiple of 256 weights, got {kq * 4}")
-    from .i2s import unpack
-
     unpack(packed)  # rejects code 3
     qs = REV[packed].reshape(rows, kq // 64, 64)
     d = np.full((rows, kq // 64, 1), np.float16(scale)).view(np.uint8).reshape(rows, kq // 64, 2)
     return np.concatenate([qs, d], axis=2).reshape(rows, -1)
 
 
-def convert(src: str, dst: str, to: str = "tq2_0", log=print) -> None:
-    import gguf
-    from gguf import GGMLQuantizationType as Q
+def i2s_to_q2_0(packed: np.ndarray, scale: float) -> np.ndarray:
+    """[rows, K/4] I2_S bytes -> [rows, K/64 * 18] Q2_0 bytes."""
+    codes = (unpack(packed) + 1).astype(np.uint8)  # [rows, K], 0..2; I2_S rows are whole 128-weight blocks
+    rows, K = codes.shape
+    c = codes.reshape(rows, K // 64, 16, 4)
+    qs = c[..., 0] | (c[..., 1] << 2) | (c[..., 2] << 4) | (c[..., 3] << 6)
+    d = np.full((rows, K // 64, 1), np.float16(scale)).view(np.uint8).reshape(rows, K // 64, 2)
+    return np.concatenate([d, qs], axis=2).reshape(rows, -1)
 
-    if to != "tq2_0":
-        raise ValueError(f"convert-i2s writes tq2_0 (the gguf package here has no {to} type); got --to {to}")
+
+def i2s_to_tq1_0(packed: np.ndarray, scale: float) -> np.ndarray:
+    """[rows, K/4] I2_S bytes -> [rows, K/256 * 54] TQ1_0 bytes (gguf's packer)."""
+    import gguf
+
+    w = unpack(packed).astype(np.float32) * np.float32(np.float16(scale))
+    if w.shape[1] % 256:
+        raise ValueError(f"TQ1_0 needs rows of a multiple of 256 weights, got {w.shape[1]}")
+    return gguf.quants.quantize(w, gguf.GGMLQuantizationType.TQ1_0)
+
+
+PACKERS = {"q2_0": i2s_to_q2_0, "tq2_0": i2s_to_tq2_0, "tq1_0": i2s_to_tq1_0}
+
+
+def convert(src: str, dst: str, to: str = "q2_0", log=print) -> None:
+    if to not in TARGETS:
+        raise ValueError(f"convert-i2s --to must be one of {', '.join(TARGETS)}; got {to!r}")
+    ttype, ftype = TARGETS[to]
     f = GGUFFile(src)
     arch = f.fields.get("general.architecture")
     if arch not in ("bitnet-b1.58", "bitnet-25", "bitnet"):
         raise ValueError(f"{src}: architecture {arch!r} is not a BitNet model")
-    w = gguf.GGUFWriter(dst, "bitnet")
-    for k, v in f.fields.items():
-        if k in ("general.architecture", "general.file_type", "general.alignment"):
-            continue
-        vt, sub = f.types[k]  # written back with the source file's own value types
-        if k.startswith(arch + "."):
-            k = "bitnet." + k[len(arch) + 1:]
-        w.add_key_value(k, v, vt, sub_type=sub)
-    if "tokenizer.ggml.pre" not in f.fields:
-        w.add_tokenizer_pre("llama-bpe")  # 2B-4T ships without it; it is LLaMA-3's tokenizer
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_TQ2_0)
+    fields, types = upstream_metadata(f)
+    fields["general.file_type"] = ftype
+    tensors = []
     for name, t in f.tensors.items():
+        if name.startswith("medusa."):
+            continue  # embedded heads: llama.cpp refuses tensors its graph does not use (run them with our Llama)
         if t.type == I2_S:
-            packed, scale = f.i2s(name)
-            data = i2s_to_tq2_0(packed, scale)
-            w.add_tensor(name, data, raw_dtype=Q.TQ2_0)  # [rows, bytes]: gguf derives the element shape
+            tensors.append((name, ttype, t.shape, lambda name=name: PACKERS[to](*f.i2s(name))))
         else:
-            w.add_tensor(name, np.array(f.array(name)))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+            tensors.append((name, t.type, t.shape, lambda name=name: f.raw(name)))
+    write_gguf(dst, fields, tensors, types)
     if arch != "bitnet":
         log(SILU_WARNING)
-
-
-if __name__ == "__main__":
-    convert(sys.argv[1], sys.argv[2])

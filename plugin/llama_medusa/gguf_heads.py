@@ -51,20 +51,32 @@ def read_output_matrix(model_path: str) -> np.ndarray:
     return _as_f32(t, model_path)
 
 
+def _head_tensors(path: str):
+    """(metadata getter, {name: float32 [rows, cols]}) of the medusa.head.* tensors. Heads embedded in a bitnet.cpp
+    I2_S model are read with our own parser: gguf refuses the file's type-36 tensors."""
+    try:
+        reader = _reader(path)
+    except ValueError:
+        from .i2s_gguf import GGUFFile
+
+        f = GGUFFile(path)
+        return f.fields.get, {n: np.asarray(f.array(n), np.float32) for n in f.tensors if _HEAD_RE.match(n)}
+    return (lambda key: _field(reader, key)), {t.name: _as_f32(t, path) for t in reader.tensors if _HEAD_RE.match(t.name)}
+
+
 def load_gguf_heads(path: str) -> MedusaHeads:
     """MedusaBitNet heads: h + W_out . SiLU(W_in . h) per layer, projection shared with the backbone."""
-    reader = _reader(path)
+    field, tensors = _head_tensors(path)
     found: Dict[int, Dict[int, Dict[str, np.ndarray]]] = {}
-    for t in reader.tensors:
-        m = _HEAD_RE.match(t.name)
-        if m:
-            k, l, which = int(m.group(1)), int(m.group(2)), m.group(3)
-            found.setdefault(k, {}).setdefault(l, {})[which] = _as_f32(t, path)
+    for name, arr in tensors.items():
+        m = _HEAD_RE.match(name)
+        k, l, which = int(m.group(1)), int(m.group(2)), m.group(3)
+        found.setdefault(k, {}).setdefault(l, {})[which] = arr
     if not found:
         raise ValueError(f"{path}: no medusa.head.* tensors in this GGUF")
-    n_heads = _field(reader, "medusa.n_heads")
-    n_layers = _field(reader, "medusa.n_layers_per_head")
-    hidden = _field(reader, "medusa.hidden_size")
+    n_heads = field("medusa.n_heads")
+    n_layers = field("medusa.n_layers_per_head")
+    hidden = field("medusa.hidden_size")
     if n_heads is not None and int(n_heads) != len(found):
         raise ValueError(f"{path}: metadata says {n_heads} Medusa heads, the file holds tensors for {len(found)}")
     blocks: List[list] = []

@@ -18,6 +18,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 I2_S = 36
+Q2_0 = 42  # upstream llama.cpp's ternary-capable 2-bit type (blocks of 64: float16 d + 16 bytes); gguf 0.19 lacks it
+_EXTRA_SIZES = {Q2_0: (64, 18)}
 GGUF_MAGIC = b"GGUF"
 _SCALAR = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -153,9 +155,41 @@ class GGUFFile:
         return raw[:n4].reshape(t.shape[1], t.shape[0] // 4), scale
 
 
+def peek_architecture(path: str):
+    """general.architecture from the first keys of a GGUF without parsing the rest (writers put it first);
+    None when it is not among the leading scalar keys (then parse the file)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if head[:4] != GGUF_MAGIC or len(head) < 24:
+        return None
+    pos = 24
+    try:
+        for _ in range(min(8, struct.unpack_from("<Q", head, 16)[0])):
+            (n,) = struct.unpack_from("<Q", head, pos)
+            key = head[pos + 8:pos + 8 + n].decode("utf-8", "replace")
+            pos += 8 + n
+            (vt,) = struct.unpack_from("<I", head, pos)
+            pos += 4
+            if vt == GGUFValueType.STRING:
+                (m,) = struct.unpack_from("<Q", head, pos)
+                val = head[pos + 8:pos + 8 + m].decode("utf-8", "replace")
+                pos += 8 + m
+                if key == "general.architecture":
+                    return val
+            elif vt in _SCALAR:
+                pos += struct.calcsize(_SCALAR[GGUFValueType(vt)])
+            else:
+                return None
+    except (struct.error, ValueError):
+        return None
+    return None
+
+
 def type_name(t: int) -> str:
     if t == I2_S:
         return "I2_S"
+    if t == Q2_0:
+        return "Q2_0"
     try:
         return GGMLQuantizationType(t).name
     except ValueError:
@@ -170,7 +204,7 @@ def tensor_nbytes(name: str, ttype: int, shape: Tuple[int, ...]) -> int:
                              "needs a multiple of 128")
         return n // 4 + 32
     try:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+        block, size = _EXTRA_SIZES.get(ttype) or GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
     except (ValueError, KeyError):
         raise ValueError(f"tensor {name} has unknown type {ttype}: neither a ggml type nor I2_S (36)") from None
     if n % block:
@@ -206,29 +240,36 @@ def _infer(v) -> Tuple[GGUFValueType, GGUFValueType]:
     return GGUFValueType.UINT32 if v >= 0 else GGUFValueType.INT32, None
 
 
-def write_gguf(path: str, fields: Dict[str, Any], tensors: List[Tuple[str, int, Tuple[int, ...], bytes]],
+def write_gguf(path: str, fields: Dict[str, Any], tensors: List[Tuple[str, int, Tuple[int, ...], Any]],
                types: Dict[str, Tuple[GGUFValueType, GGUFValueType]] = None, align: int = 32) -> None:
-    """fields: key -> value (types inferred unless given in `types`); tensors: (name, type, ggml shape, bytes)."""
+    """fields: key -> value (types inferred unless given in `types`); tensors: (name, type, ggml shape, data),
+    data being bytes or a callable that returns them (made only when written, so a converter holds one tensor
+    at a time)."""
     types = types or {}
     kv = []
     for k, v in fields.items():
         vt, sub = types.get(k) or _infer(v)
         kv.append(_pack_value(k, GGUFValueType.STRING) + struct.pack("<I", vt) + _pack_value(v, vt, sub))
     infos, offset = [], 0
-    for name, ttype, shape, data in tensors:
-        if len(data) != tensor_nbytes(name, ttype, shape):
-            raise ValueError(f"tensor {name}: {len(data)} bytes for shape {shape} of type {type_name(ttype)}")
+    for name, ttype, shape, _ in tensors:
         infos.append(_pack_value(name, GGUFValueType.STRING) + struct.pack("<I", len(shape)) +
                      struct.pack(f"<{len(shape)}Q", *shape) + struct.pack("<IQ", ttype, offset))
-        offset += (len(data) + align - 1) // align * align
-    with open(path, "wb") as f:
-        f.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(fields)))
-        for b in kv + infos:
-            f.write(b)
-        f.write(b"\0" * (-f.tell() % align))
-        for _, _, _, data in tensors:
-            f.write(data)
-            f.write(b"\0" * (-len(data) % align))
+        offset += (tensor_nbytes(name, ttype, shape) + align - 1) // align * align
+    try:
+        with open(path, "wb") as f:
+            f.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(fields)))
+            for b in kv + infos:
+                f.write(b)
+            f.write(b"\0" * (-f.tell() % align))
+            for name, ttype, shape, data in tensors:
+                data = memoryview(data() if callable(data) else data).cast("B")
+                if data.nbytes != tensor_nbytes(name, ttype, shape):
+                    raise ValueError(f"tensor {name}: {data.nbytes} bytes for shape {shape} of type {type_name(ttype)}")
+                f.write(data)
+                f.write(b"\0" * (-data.nbytes % align))
+    except BaseException:
+        os.remove(path)  # never leave a half-written GGUF behind
+        raise
 
 
 def i2s_bytes(w: np.ndarray, scale: float) -> bytes:

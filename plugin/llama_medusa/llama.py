@@ -24,7 +24,7 @@ import contextlib
 import ctypes
 import time
 import warnings
-from typing import Generator, List, Optional, Sequence
+from typing import Dict, Generator, List, Optional, Sequence
 
 import numpy as np
 
@@ -65,7 +65,20 @@ class Llama(llama_cpp.Llama):
             drafted child is accepted if p(child) > min(threshold, alpha * exp(-entropy)). Faster, but the output
             no longer follows the sampling distribution exactly. Ignored at temperature 0 and with a grammar.
     flash_attn defaults to True when heads are given: greedy identity with stock needs it on both sides.
+
+    A BitNet b1.58 GGUF in bitnet.cpp's I2_S format (which llama.cpp cannot load) runs on the native engine
+    instead: Llama(...) then returns a BitnetLlama (bitnet_llama.py), same API, heads embedded in the GGUF found.
     """
+
+    _own_plain_decoding = False  # True: plain decoding also runs through _MedusaRun (the backbone is not llama.cpp)
+
+    def __new__(cls, model_path=None, *args, **kwargs):
+        if cls is Llama:
+            from .bitnet_llama import BitnetLlama, is_i2s_gguf
+
+            if is_i2s_gguf(model_path if model_path is not None else kwargs.get("model_path")):
+                cls = BitnetLlama
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -90,23 +103,25 @@ class Llama(llama_cpp.Llama):
                     "differ from stock output in near-ties",
                     RuntimeWarning,
                 )
-        super().__init__(model_path, *args, **kwargs)
+        self._load_backbone(model_path, *args, **kwargs)
         self._medusa = None
         self.medusa_stats = MedusaStats()
+        if medusa_heads is None:
+            medusa_heads = self._embedded_heads()
         if medusa_heads is None:
             return
         if (posterior_threshold is None) != (posterior_alpha is None):
             raise ValueError("typical acceptance needs both posterior_threshold and posterior_alpha")
         if self._is_recurrent or self._is_hybrid:
             raise ValueError("Medusa trees need an attention-only model: recurrent/hybrid memories cannot branch")
-        n_embd = llama_cpp.llama_model_n_embd(self._model.model)
+        n_embd = self._n_embd()
         if hasattr(medusa_heads, "propose"):
             drafter = medusa_heads
         else:
             heads = medusa_heads if isinstance(medusa_heads, MedusaHeads) else MedusaHeads.load(medusa_heads)
             engine = heads.engine(
                 self.model_path, n_embd, self._n_vocab, medusa_proj_dtype, n_threads=self.n_threads_batch,
-                device=self._heads_device(medusa_device),
+                backbone_proj=self._backbone_projection(heads), device=self._heads_device(medusa_device),
             )
             drafter = HeadsDrafter(heads, engine)
         self.medusa_auto = None
@@ -121,7 +136,7 @@ class Llama(llama_cpp.Llama):
             typical=(posterior_threshold, posterior_alpha) if posterior_threshold is not None else None,
             max_batch=medusa_max_batch,
         )
-        self._rebuild_context(n_seq=max(1, tree.n_leaves))
+        self._prepare_context(n_seq=max(1, tree.n_leaves))
 
     def _heads_device(self, want: str) -> str:
         if want not in ("auto", "cpu", "gpu"):
@@ -137,13 +152,99 @@ class Llama(llama_cpp.Llama):
         from . import autotree
 
         self._medusa = _MedusaState(drafter, Tree([]), top_k, n_embd, None, max_batch)
-        self._rebuild_context(n_seq=1)  # measure on a context like the one that will verify
+        self._prepare_context(n_seq=1)  # measure on a context like the one that will verify
         cost = autotree.cost_curve(self)
         acc = autotree.accuracy_table(drafter, top_k)
         t_heads = autotree.heads_time(drafter, n_embd, top_k)
         self.medusa_auto = autotree.choose(acc, cost, t_heads, max_nodes=max_batch - 1 - drafter.n_heads)
         self.medusa_auto.update(cost_s=cost, heads_s=t_heads)
         return self.medusa_auto["choices"]
+
+    # ------------------------------------------------------------------ the backbone (llama.cpp)
+    # _MedusaRun reaches the backbone only through the methods below; BitnetLlama (bitnet_llama.py) implements
+    # them over the native I2_S engine. Tree node i is row base + i of the last verify batch.
+    def _load_backbone(self, model_path: str, *args, **kwargs) -> None:
+        super().__init__(model_path, *args, **kwargs)
+
+    def _n_embd(self) -> int:
+        return int(llama_cpp.llama_model_n_embd(self._model.model))
+
+    def _backbone_projection(self, heads) -> Optional[np.ndarray]:
+        return None  # heads with a shared projection read output.weight from the GGUF (gguf_heads.py)
+
+    def _embedded_heads(self):
+        return None  # llama.cpp refuses GGUFs with tensors its graph does not use, so no heads ride along
+
+    def _prepare_context(self, n_seq: int) -> None:
+        self._rebuild_context(n_seq)
+
+    def _pending(self):
+        """(kv, pending): the cache holds the first kv tokens; pending accepted tokens are decoded again first."""
+        kv = min(self._kv_len(), self.n_tokens)
+        if self.n_tokens - kv > self._medusa.tree.depth:  # more than a step can re-decode (tokens pushed with send())
+            self.eval([])
+            kv = self.n_tokens
+        return kv, [int(t) for t in self.input_ids[kv : self.n_tokens]]
+
+    def _verify(self, pending: List[int], kv: int, P: int, tree: Tree, node_tokens: List[int]) -> int:
+        """One llama_decode of pending chain (all sequences) + the tree in depth-first order. Returns its size."""
+        m = self._medusa
+        b = m.batch.batch
+        all_seqs = range(m.n_seq)
+        n = 0
+        for i, tok in enumerate(pending):
+            _put(b, n, tok, kv + i, all_seqs)
+            n += 1
+        m.base = n
+        for i, node in enumerate(tree.nodes):
+            _put(b, n, node_tokens[i], P + node.depth, all_seqs if i == 0 else node.seqs)
+            n += 1
+        b.n_tokens = n
+        llama_cpp.llama_set_embeddings(self._ctx.ctx, True)
+        rc = llama_cpp.llama_decode(self._ctx.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} while verifying a {n}-token tree")
+        return n
+
+    def _node_logits(self, i: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, self._medusa.base + i)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+
+    def _sample_node(self, i: int) -> int:
+        return self._sampler.sample(self._ctx, self._medusa.base + i)
+
+    def _node_hidden(self, i: int) -> np.ndarray:
+        emb = llama_cpp.llama_get_embeddings_ith(self._ctx.ctx, self._medusa.base + i)
+        return np.ctypeslib.as_array(emb, shape=(self._medusa.n_embd,)).copy()
+
+    def _last_logits(self) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+
+    def _sample_last(self) -> int:
+        return self._sampler.sample(self._ctx, -1)
+
+    def _keep(self, P: int, tree: Tree, path: List[int]) -> None:
+        """KV after a step: pending + root + the accepted nodes that directly follow the root in the batch stay;
+        accepted nodes further on are dropped (decoded again next step, in position order)."""
+        m, mem = self._medusa, self._mem()
+        kc = 1
+        while kc < len(path) and path[kc] == kc:
+            kc += 1
+        end = P + kc
+        llama_cpp.llama_memory_seq_rm(mem, -1, end, -1)
+        if kc > 1:
+            keep = set(tree.nodes[path[kc - 1]].seqs)
+            src = min(keep)
+            for s in range(m.n_seq):
+                if s not in keep:
+                    llama_cpp.llama_memory_seq_rm(mem, s, P + 1, -1)
+                    llama_cpp.llama_memory_seq_cp(mem, src, s, P + 1, end)
+
+    def _measure_verify(self, sizes: Sequence[int], repeats: int) -> Dict[int, float]:
+        from .autotree import time_llama_decode
+
+        return time_llama_decode(self, sizes, repeats)
 
     # ------------------------------------------------------------------ context
     def _rebuild_context(self, n_seq: int) -> None:
@@ -256,7 +357,8 @@ class Llama(llama_cpp.Llama):
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             penalize_nl=penalize_nl, logits_processor=logits_processor, grammar=grammar,
         )
-        if self._medusa is None or len(self._medusa.tree) == 1:  # no heads, or "auto" found no tree that wins
+        plain = self._medusa is None or len(self._medusa.tree) == 1  # no heads, or "auto" found no tree that wins
+        if plain and not self._own_plain_decoding:
             yield from super().generate(tokens, reset=reset, stopping_criteria=stopping_criteria, **sampling)
             return
         self._mirostat_mu = ctypes.c_float(2.0 * mirostat_tau)
@@ -276,7 +378,8 @@ class _MedusaState:
         self.n_embd = n_embd
         self.typical = typical
         self.n_seq = 1
-        self.batch: Optional[internals.LlamaBatch] = None
+        self.batch: Optional[internals.LlamaBatch] = None  # the llama.cpp verify batch
+        self.base = 0  # batch row of the tree's root in the last verify pass
         self._limited = {}
 
     def tree_within(self, max_nodes: int, max_depth: int) -> Tree:
@@ -331,14 +434,13 @@ class _MedusaRun:
         llm.n_tokens = keep
         llm.eval(full[keep:])
         self.stats.time_prompt += time.perf_counter() - t0
-        return llm._sampler.sample(llm._ctx, -1)
+        return llm._sample_last()
 
     def run(self):
-        llm, m = self.llm, self.m
+        llm = self.llm
         root = self._prefill()
         if self.stopping_criteria is not None:
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(self.n_vocab,)).copy()
-            if self.stopping_criteria(llm._input_ids, logits):
+            if self.stopping_criteria(llm._input_ids, llm._last_logits()):
                 return
         sent = yield root
         hidden = None
@@ -370,18 +472,12 @@ class _MedusaRun:
             llm._truncate(n)
 
     def _step(self, root: int, hidden: Optional[np.ndarray]):
-        """Decodes pending tokens + root + tree, walks it with the sampler, fixes the KV cache.
+        """Verifies pending tokens + root + tree in one backbone pass, walks it with the sampler, fixes the cache.
         Returns (sampled tokens, their logits rows for stopping criteria, hidden state of the last accepted node)."""
         llm, m, st = self.llm, self.m, self.stats
-        ctx = llm._ctx.ctx
-        mem = llm._mem()
         n_ctx = llm._n_ctx
         t0 = time.perf_counter()
-        kv = min(llm._kv_len(), llm.n_tokens)
-        if llm.n_tokens - kv > m.tree.depth:  # more than a step can re-decode (tokens pushed with send())
-            llm.eval([])
-            kv = llm.n_tokens
-        pending = [int(t) for t in llm.input_ids[kv : llm.n_tokens]]
+        kv, pending = llm._pending()
         P = llm.n_tokens  # the root's position
         room_nodes = n_ctx - kv - len(pending)
         if room_nodes < 1 or P >= n_ctx:
@@ -398,26 +494,12 @@ class _MedusaRun:
             st.time_heads += time.perf_counter() - t1
         node_tokens = tree.tokens(root, cand) if cand is not None else [root]
 
-        # 2. one batch: pending chain (all sequences), then the tree in depth-first order
-        b = m.batch.batch
-        all_seqs = range(m.n_seq)
-        n = 0
-        for i, tok in enumerate(pending):
-            self._put(b, n, tok, kv + i, all_seqs)
-            n += 1
-        base = n
-        for i, node in enumerate(tree.nodes):
-            self._put(b, n, node_tokens[i], P + node.depth, all_seqs if i == 0 else node.seqs)
-            n += 1
-        b.n_tokens = n
-        llama_cpp.llama_set_embeddings(ctx, True)
+        # 2. one backbone pass over pending + tree
         t1 = time.perf_counter()
         st.time_bookkeeping += t1 - t0
-        rc = llama_cpp.llama_decode(ctx, b)
+        n = llm._verify(pending, kv, P, tree, node_tokens)
         t2 = time.perf_counter()
         st.time_verify += t2 - t1
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc} while verifying a {n}-token tree")
 
         # 3. walk the tree with the sampler chain
         ids = llm.input_ids
@@ -430,10 +512,8 @@ class _MedusaRun:
             node = tree.nodes[i]
             ids[P + node.depth] = node_tokens[i]
             llm.n_tokens = P + node.depth + 1  # what logits processors see as input_ids
-            row = None
-            if want_rows or self.typical is not None:
-                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, base + i), shape=(self.n_vocab,)).copy()
-            tok = self._choose(base + i, node, node_tokens, row)
+            row = llm._node_logits(i) if (want_rows or self.typical is not None) else None
+            tok = self._choose(i, node, node_tokens, row)
             emitted.append(tok)
             rows.append(row)
             nxt = next((c for c in node.children if node_tokens[c] == tok), None)
@@ -447,23 +527,10 @@ class _MedusaRun:
         if llm._logits_all:
             for d, r in enumerate(rows):
                 llm.scores[P + d, :] = r
-        last = base + path[-1]
-        emb = llama_cpp.llama_get_embeddings_ith(ctx, last)
-        new_hidden = np.ctypeslib.as_array(emb, shape=(m.n_embd,)).copy()
+        new_hidden = llm._node_hidden(path[-1])
 
-        # 5. KV: keep pending + root + the accepted nodes that directly follow the root in the batch
-        kc = 1
-        while kc < len(path) and path[kc] == kc:
-            kc += 1
-        end = P + kc
-        llama_cpp.llama_memory_seq_rm(mem, -1, end, -1)
-        if kc > 1:
-            keep = set(tree.nodes[path[kc - 1]].seqs)
-            src = min(keep)
-            for s in range(m.n_seq):
-                if s not in keep:
-                    llama_cpp.llama_memory_seq_rm(mem, s, P + 1, -1)
-                    llama_cpp.llama_memory_seq_cp(mem, src, s, P + 1, end)
+        # 5. the backbone keeps what was accepted
+        llm._keep(P, tree, path)
         llm.n_tokens = P + len(path)
         llm._requires_eval = False
 
@@ -475,18 +542,7 @@ class _MedusaRun:
         st.time_bookkeeping += time.perf_counter() - t3
         return emitted, rows, new_hidden
 
-    @staticmethod
-    def _put(b, i: int, tok: int, pos: int, seqs) -> None:
-        b.token[i] = tok
-        b.pos[i] = pos
-        k = 0
-        for s in seqs:
-            b.seq_id[i][k] = s
-            k += 1
-        b.n_seq_id[i] = k
-        b.logits[i] = True
-
-    def _choose(self, idx: int, node, node_tokens, row) -> int:
+    def _choose(self, i: int, node, node_tokens, row) -> int:
         """The token at one tree node: the sampler chain's choice, or with typical acceptance the likeliest
         child when it clears the entropy-scaled threshold."""
         llm = self.llm
@@ -502,4 +558,15 @@ class _MedusaRun:
                 tok = node_tokens[best]
                 llm._sampler.accept(tok)
                 return tok
-        return llm._sampler.sample(llm._ctx, idx)
+        return llm._sample_node(i)
+
+
+def _put(b, i: int, tok: int, pos: int, seqs) -> None:
+    b.token[i] = tok
+    b.pos[i] = pos
+    k = 0
+    for s in seqs:
+        b.seq_id[i][k] = s
+        k += 1
+    b.n_seq_id[i] = k
+    b.logits[i] = True

@@ -14,11 +14,12 @@ F32, F16 = 0, 1
 def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2,
                  n_ff: int = 384, n_vocab: int = 512, arch: str = "bitnet-b1.58", seed: int = 0,
                  tokenizer_from: Optional[str] = None, rope_theta: float = 500000.0,
-                 residual_gain: float = 1.0) -> str:
+                 residual_gain: float = 1.0, heads=None) -> str:
     """Writes a BitNet-2B-4T-architecture GGUF. tokenizer_from: copy tokenizer.* metadata (and the vocabulary
     size, padded up to n_vocab when that is larger) from another GGUF, so llama.cpp can load and tokenise for it. residual_gain scales the sub-norm weights: below 1
     the layers' updates are small beside the embedding stream, so logits are less chaotic (random ternary layers
-    amplify activation-quantisation noise, and two int8 schemes then disagree on near-ties)."""
+    amplify activation-quantisation noise, and two int8 schemes then disagree on near-ties). heads: MedusaHeads to
+    embed as MedusaBitNet does (medusa.head.{k}.layer.{l}.w_in/w_out, F32, projection shared)."""
     rng = np.random.default_rng(seed)
     fields = {"general.architecture": arch, "general.name": f"synthetic {arch}", "general.alignment": 32}
     types = {}
@@ -69,5 +70,16 @@ def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4
         tern(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
         tern(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tern(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+    if heads is not None:
+        fields.update({"medusa.n_heads": heads.n_heads, "medusa.n_layers_per_head": len(heads.blocks[0]),
+                       "medusa.hidden_size": heads.hidden_size})
+        for k, head in enumerate(heads.blocks):
+            for l, (w_in, b_in, w_out) in enumerate(head):
+                if b_in is not None or w_out is None or heads.proj[k] is not None:
+                    raise ValueError("the MedusaBitNet layout has no bias, needs W_out and shares the projection")
+                for which, w in (("w_in", w_in), ("w_out", w_out)):
+                    w = np.ascontiguousarray(w, np.float32)
+                    tensors.append((f"medusa.head.{k}.layer.{l}.{which}.weight", F32, (w.shape[1], w.shape[0]),
+                                    w.tobytes()))
     write_gguf(path, fields, tensors, types=types)
     return path

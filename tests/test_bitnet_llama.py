@@ -1,0 +1,182 @@
+"""Llama(model_path=<I2_S GGUF>): the native BitNet engine as the backbone, llama.cpp for tokenizer, chat template
+and samplers. The reference is the engine's own plain decoding (BitnetModel.greedy: argmax over numpy, one token
+per pass) and the same Llama without heads.
+
+The model is a synthetic 2B-4T-architecture I2_S file with SmolLM2's tokenizer (so llama.cpp can tokenise and
+apply a chat template); its text is noise, its numerics are the real engine's.
+"""
+import numpy as np
+import pytest
+
+import llama_cpp
+from conftest import chat_prompt, stock_tokens
+from oracle import OracleDrafter
+
+from llama_medusa import Llama, MedusaHeads
+from llama_medusa.bitnet import BitnetModel
+from llama_medusa.bitnet_llama import BitnetLlama, is_i2s_gguf
+from llama_medusa.synth import write_bitnet
+from llama_medusa.tree import MC_SIM_7B_63
+
+N_CTX = 512
+SHAPE = dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=384, residual_gain=0.3)
+
+
+def mlp_heads(n_heads=3, hidden=256, seed=1):
+    """MedusaBitNet-style heads (W_in, W_out, shared projection), random."""
+    rng = np.random.default_rng(seed)
+    blocks = [[(rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.05, None,
+                rng.standard_normal((hidden, hidden)).astype(np.float32) * 0.05)] for _ in range(n_heads)]
+    return MedusaHeads(blocks, [None] * n_heads, hidden)
+
+
+@pytest.fixture(scope="module")
+def i2s_model(tmp_path_factory, model_path):
+    return write_bitnet(str(tmp_path_factory.mktemp("i2s") / "synthetic-i2s.gguf"), tokenizer_from=model_path, **SHAPE)
+
+
+@pytest.fixture(scope="module")
+def i2s_with_heads(tmp_path_factory, model_path):
+    """The same weights (same seed) with three heads embedded in the GGUF, as MedusaBitNet ships them."""
+    return write_bitnet(str(tmp_path_factory.mktemp("i2s") / "synthetic-i2s-heads.gguf"), tokenizer_from=model_path,
+                        heads=mlp_heads(), **SHAPE)
+
+
+@pytest.fixture(scope="module")
+def plain(i2s_model):
+    return Llama(i2s_model, n_ctx=N_CTX, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def engine_greedy(i2s_model):
+    eng = BitnetModel(i2s_model, n_ctx=N_CTX)
+    cache = {}
+
+    def get(prompt_tokens, n):
+        key = (tuple(prompt_tokens), n)
+        if key not in cache:
+            eng.truncate(0)
+            cache[key] = eng.greedy(prompt_tokens, n)
+        return cache[key]
+
+    return get
+
+
+def run(llm, pt, n, **kw):
+    return stock_tokens(llm, pt, n, **kw)
+
+
+def test_llama_picks_the_native_backbone(i2s_model, plain, model_path):
+    assert is_i2s_gguf(i2s_model) and not is_i2s_gguf(model_path)
+    assert isinstance(plain, BitnetLlama) and isinstance(plain, llama_cpp.Llama)
+    assert plain.n_vocab() == 49152 and plain.n_ctx() == N_CTX
+    # tokenisation is llama.cpp's (the SmolLM2 vocabulary the file carries)
+    stock_vocab = llama_cpp.Llama(model_path, vocab_only=True, verbose=False)
+    text = b"Tokenise this, please: 12345 and unicode \xc3\xa9"
+    assert plain.tokenize(text) == stock_vocab.tokenize(text)
+
+
+def test_plain_decoding_equals_the_engine(plain, engine_greedy):
+    pt = plain.tokenize(chat_prompt("Hello there").encode(), special=True)
+    assert run(plain, pt, 100, temp=0.0) == engine_greedy(pt, 100)
+
+
+@pytest.mark.parametrize("choices,n_heads", [("small", 3), (MC_SIM_7B_63[:24], 4)])
+def test_tree_decoding_identical(i2s_model, plain, engine_greedy, choices, n_heads):
+    pt = plain.tokenize(chat_prompt("Write a poem about the sea").encode(), special=True)
+    ref = engine_greedy(pt, 300)
+    llm = Llama(i2s_model, n_ctx=N_CTX, verbose=False, medusa_choices=choices,
+                medusa_heads=OracleDrafter(pt + ref, n_heads=n_heads, p_other_rank=0.5))
+    assert run(llm, pt, 300, temp=0.0) == ref
+    st = llm.medusa_stats
+    assert st.mean_accepted > 2.0, str(st)  # several tokens per engine pass, later branches included
+    assert st.redecoded == 0  # the engine commits any accepted path: nothing is decoded twice
+
+
+def test_embedded_heads_are_found(i2s_with_heads, plain, engine_greedy):
+    llm = Llama(i2s_with_heads, n_ctx=N_CTX, verbose=False, medusa_choices="small")
+    assert llm._medusa.drafter.n_heads == 3 and len(llm.medusa_tree) == 8
+    heads = llm._medusa.drafter.heads
+    assert heads.format == "medusabitnet-gguf"
+    want = mlp_heads()
+    for k in range(3):
+        assert (heads.blocks[k][0][0] == want.blocks[k][0][0]).all() and (heads.blocks[k][0][2] == want.blocks[k][0][2]).all()
+    pt = plain.tokenize(chat_prompt("Tell me a story").encode(), special=True)
+    assert run(llm, pt, 80, temp=0.0) == engine_greedy(pt, 80)
+    assert llm.medusa_stats.steps > 0 and len(llm.medusa_stats.head_acceptance) == 3
+
+
+def test_auto_tree_on_the_engine(i2s_with_heads):
+    llm = Llama(i2s_with_heads, n_ctx=N_CTX, verbose=False)  # medusa_choices="auto" is the default
+    auto = llm.medusa_auto
+    assert auto is not None and set(auto["cost_s"]) >= {1, 2, 4, 8}
+    assert auto["predicted_speedup"] >= 1.0 and len(llm.medusa_tree) == len(auto["choices"]) + 1
+
+
+def test_chat_stream_and_stop_identical(i2s_model, plain, engine_greedy):
+    pt = plain.tokenize(chat_prompt("Why is the sky blue?").encode(), special=True)
+    llm = Llama(i2s_model, n_ctx=N_CTX, verbose=False, medusa_choices="small",
+                medusa_heads=OracleDrafter(pt + engine_greedy(pt, 120), n_heads=3))
+    msgs = [{"role": "user", "content": "Why is the sky blue?"}]
+    want = plain.create_chat_completion(msgs, max_tokens=60, temperature=0.0)["choices"][0]["message"]["content"]
+    got = llm.create_chat_completion(msgs, max_tokens=60, temperature=0.0)["choices"][0]["message"]["content"]
+    assert got == want and len(want) > 20
+    stream = "".join(c["choices"][0]["delta"].get("content", "")
+                     for c in llm.create_chat_completion(msgs, max_tokens=60, temperature=0.0, stream=True))
+    assert stream == want
+    stop = want[len(want) // 2 : len(want) // 2 + 4]
+    cut = llm.create_chat_completion(msgs, max_tokens=60, temperature=0.0, stop=[stop])["choices"][0]
+    assert cut["message"]["content"] == want[: want.index(stop)] and cut["finish_reason"] == "stop"
+
+
+def test_seeded_sampling_and_grammar_identical(i2s_model, plain, engine_greedy):
+    pt = plain.tokenize(chat_prompt("Say something").encode(), special=True)
+    llm = Llama(i2s_model, n_ctx=N_CTX, verbose=False, medusa_choices="small",
+                medusa_heads=OracleDrafter(pt + engine_greedy(pt, 120), n_heads=3))
+    for seed in (1, 2):
+        plain.set_seed(seed)
+        want = run(plain, pt, 60, temp=0.8, top_k=40)
+        llm.set_seed(seed)
+        assert run(llm, pt, 60, temp=0.8, top_k=40) == want
+    grammar = llama_cpp.LlamaGrammar.from_string('root ::= "yes" | "no" | "maybe"', verbose=False)
+    a = plain.create_completion("Answer:", max_tokens=8, temperature=0.0, grammar=grammar)["choices"][0]["text"]
+    b = llm.create_completion("Answer:", max_tokens=8, temperature=0.0, grammar=grammar)["choices"][0]["text"]
+    assert a == b and a in ("yes", "no", "maybe")
+
+
+def test_context_window_and_prefix_reuse(i2s_model, engine_greedy):
+    small = Llama(i2s_model, n_ctx=200, verbose=False)
+    n_ctx = small.n_ctx()  # llama.cpp rounds the window up (to 256); the engine's cache follows it
+    assert n_ctx >= 200
+    pt = small.tokenize(b"The story begins")
+    ref = engine_greedy(pt, n_ctx - len(pt))
+    want = small.create_completion("The story begins", max_tokens=None, temperature=0.0)
+    llm = Llama(i2s_model, n_ctx=200, verbose=False, medusa_choices=MC_SIM_7B_63[:24],
+                medusa_heads=OracleDrafter(pt + ref, n_heads=4))
+    got = llm.create_completion("The story begins", max_tokens=None, temperature=0.0)
+    assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"] == "length"
+    assert got["usage"]["total_tokens"] == want["usage"]["total_tokens"] == n_ctx
+    assert list(llm.input_ids[: llm.n_tokens]) == pt + ref[: llm.n_tokens - len(pt)]
+    with pytest.raises(ValueError, match="exceed context window"):
+        llm.create_completion("word " * 300, max_tokens=4)
+    # a later call whose prompt extends the cached tokens reuses them and still equals the engine's decoding
+    pt2 = pt + ref[:10]
+    assert run(llm, pt2, 20, temp=0.0) == engine_greedy(pt2, 20)
+
+
+def test_bad_inputs(i2s_model, tmp_path):
+    with pytest.raises(ValueError, match="hidden size 576"):
+        Llama(i2s_model, n_ctx=N_CTX, verbose=False, medusa_heads=mlp_heads(hidden=576))
+    with pytest.raises(ValueError, match="n_gpu_layers"):
+        Llama(i2s_model, n_ctx=N_CTX, verbose=False, n_gpu_layers=-1)
+    llm = Llama(i2s_model, n_ctx=N_CTX, verbose=False)
+    with pytest.raises(NotImplementedError, match="states"):
+        llm.save_state()
+    with pytest.raises(NotImplementedError, match="embeddings"):
+        llm.embed("hi")
+    data = open(i2s_model, "rb").read()
+    cut = tmp_path / "truncated.gguf"
+    cut.write_bytes(data[: len(data) - 5000])
+    with pytest.raises(ValueError, match="truncated"):
+        Llama(str(cut), verbose=False)
