@@ -76,9 +76,13 @@ def test_llama_picks_the_native_backbone(i2s_model, plain, model_path):
     assert plain.tokenize(text) == stock_vocab.tokenize(text)
 
 
-def test_plain_decoding_equals_the_engine(plain, engine_greedy):
+def test_plain_decoding_equals_the_engine(i2s_model, plain, engine_greedy):
     pt = plain.tokenize(chat_prompt("Hello there").encode(), special=True)
     assert run(plain, pt, 100, temp=0.0) == engine_greedy(pt, 100)
+    # a prompt longer than n_batch is decoded in chunks; logits_all keeps every row (logprobs)
+    for logits_all in (False, True):
+        chunked = Llama(i2s_model, n_ctx=N_CTX, n_batch=8, logits_all=logits_all, verbose=False)
+        assert run(chunked, pt, 20, temp=0.0) == engine_greedy(pt, 20)
 
 
 @pytest.mark.parametrize("choices,n_heads", [("small", 3), (MC_SIM_7B_63[:24], 4)])

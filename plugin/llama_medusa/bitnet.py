@@ -45,12 +45,16 @@ def read_config(f: GGUFFile, n_ctx: Optional[int] = None) -> Dict:
 class BitnetModel:
     """An I2_S BitNet GGUF mapped into memory and the native engine over it."""
 
-    def __init__(self, path: str, n_ctx: Optional[int] = None, n_threads: Optional[int] = None):
+    def __init__(self, path: str, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
+                 file: Optional[GGUFFile] = None):
+        """file: `path` already parsed (Llama parses it once to pick this backbone; its tokenizer is large)."""
         from . import _native
 
-        if not os.path.exists(path):
-            raise ValueError(f"{path}: no such file")
-        self.file = f = GGUFFile(path)
+        if file is None:
+            if not os.path.exists(path):
+                raise ValueError(f"{path}: no such file")
+            file = GGUFFile(path)
+        self.file = f = file
         self.config = cfg = read_config(f, n_ctx)
         H, F = cfg["n_embd"], cfg["n_ff"]
         kvw = cfg["n_head_kv"] * (H // cfg["n_head"])

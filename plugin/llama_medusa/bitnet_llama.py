@@ -34,23 +34,28 @@ _HEAD_TENSOR = re.compile(r"^medusa\.head\.\d+\.")
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
-def is_i2s_gguf(path) -> bool:
-    """True for a GGUF the native engine runs: a BitNet architecture with I2_S tensors."""
+def open_i2s_gguf(path) -> Optional[GGUFFile]:
+    """The parsed file when it is a GGUF the native engine runs (a BitNet architecture with I2_S tensors), else
+    None. Other GGUFs are not parsed beyond their first keys."""
     try:
         arch = peek_architecture(os.fspath(path))
     except (OSError, TypeError):
-        return False  # llama.cpp reports a missing or unreadable file in its own words
+        return None  # llama.cpp reports a missing or unreadable file in its own words
     if arch is not None and arch not in ARCHS:
-        return False
+        return None
     try:
         f = GGUFFile(os.fspath(path))
     except ValueError:
         if arch is None:
-            return False  # not ours to judge: llama.cpp reports what is wrong with it
+            return None  # not ours to judge: llama.cpp reports what is wrong with it
         raise  # a BitNet file: our reader's message says what is wrong (truncated, bad type, ...)
-    if f.fields.get("general.architecture") not in ARCHS:
-        return False
-    return any(t.type == I2_S for t in f.tensors.values())
+    if f.fields.get("general.architecture") not in ARCHS or not any(t.type == I2_S for t in f.tensors.values()):
+        return None
+    return f
+
+
+def is_i2s_gguf(path) -> bool:
+    return open_i2s_gguf(path) is not None
 
 
 def vocab_gguf(f: GGUFFile) -> str:
@@ -84,7 +89,7 @@ class BitnetLlama(Llama):
         for key in ("n_gpu_layers", "embedding", "lora_path"):
             if kwargs.get(key):
                 raise ValueError(f"{key}= is not supported by the native BitNet engine (CPU, generation only)")
-        f = GGUFFile(os.fspath(model_path))
+        f = self.__dict__.pop("_i2s_file", None) or GGUFFile(os.fspath(model_path))  # set by Llama.__new__
         n_ctx = kwargs.get("n_ctx", 512)
         if not n_ctx:  # 0 = the model's training context, as in llama-cpp-python
             n_ctx = int(f.fields.get(f"{f.fields['general.architecture']}.context_length", 4096))
@@ -92,15 +97,13 @@ class BitnetLlama(Llama):
         kwargs["vocab_only"] = True
         llama_cpp.Llama.__init__(self, vocab_gguf(f), *args, **kwargs)
         self.model_path = os.fspath(model_path)
-        self._n_ctx = self.n_ctx()
-        self.input_ids = np.zeros((self._n_ctx,), dtype=np.intc)
-        if self._logits_all:
-            self.scores = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
-        self._bitnet = BitnetModel(self.model_path, n_ctx=self._n_ctx, n_threads=self.n_threads_batch)
+        self._fit_buffers_to_context()  # the engine's cache follows llama.cpp's rounded window
+        self._bitnet = BitnetModel(self.model_path, n_ctx=self._n_ctx, n_threads=self.n_threads_batch, file=f)
         if self._bitnet.config["n_vocab"] != self._n_vocab:
             raise ValueError(f"{model_path}: the tokenizer has {self._n_vocab} tokens but token_embd has "
                              f"{self._bitnet.config['n_vocab']} rows")
         self._cand = np.zeros(self._n_vocab, _TOKEN_DATA)
+        self._cand_ids = np.arange(self._n_vocab, dtype=np.int32)
         self._cand_arr = llama_cpp.llama_token_data_array(
             data=self._cand.ctypes.data_as(llama_cpp.llama_token_data_p), size=self._n_vocab, selected=-1, sorted=False
         )
@@ -128,7 +131,7 @@ class BitnetLlama(Llama):
         if any(_HEAD_TENSOR.match(n) for n in self._bitnet.file.tensors):
             from .gguf_heads import load_gguf_heads
 
-            return load_gguf_heads(self.model_path)
+            return load_gguf_heads(self.model_path, parsed=self._bitnet.file)
         return None
 
     def _heads_device(self, want: str) -> str:
@@ -152,6 +155,7 @@ class BitnetLlama(Llama):
         toks = [int(t) for t in self.input_ids[kv : self.n_tokens]] + [int(t) for t in tokens]
         if kv + len(toks) > self._n_ctx:
             raise ValueError(f"Requested tokens ({kv + len(toks)}) exceed context window of {self._n_ctx}")
+        hidden = None
         for i in range(0, len(toks), self.n_batch):
             chunk = toks[i : i + self.n_batch]
             p0 = self._bitnet.n_past
@@ -160,9 +164,9 @@ class BitnetLlama(Llama):
             self.input_ids[p0 : p0 + len(chunk)] = chunk
             if self._logits_all:
                 self.scores[p0 : p0 + len(chunk), :] = logits
-                self._last_row = logits[-1].copy()
-            else:
-                self._last_row = self._bitnet.engine.project(hidden[-1:])[0]
+        if hidden is not None:  # only the last token's logits are sampled: one projection, after the last chunk
+            self._last_row = self.scores[kv + len(toks) - 1].copy() if self._logits_all else \
+                self._bitnet.engine.project(hidden[-1:])[0]
         self.n_tokens = kv + len(toks)
         self._requires_eval = False
 
@@ -249,7 +253,7 @@ class BitnetLlama(Llama):
     def _sample_row(self, row: np.ndarray) -> int:
         """The sampler chain on one row of logits: what llama_sampler_sample does with a context's logits."""
         c = self._cand
-        c["id"] = np.arange(self._n_vocab, dtype=np.int32)  # samplers sort and cut the array in place
+        c["id"] = self._cand_ids  # samplers sort and cut the array in place
         c["logit"] = row
         c["p"] = 0.0
         a = self._cand_arr

@@ -53,6 +53,11 @@ def upstream_metadata(f: GGUFFile) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return fields, types
 
 
+def _block_d(rows: int, n_blocks: int, scale: float) -> np.ndarray:
+    """Every block's float16 d (the per-tensor scale) as [rows, n_blocks, 2] bytes."""
+    return np.full((rows, n_blocks, 1), np.float16(scale)).view(np.uint8).reshape(rows, n_blocks, 2)
+
+
 def i2s_to_tq2_0(packed: np.ndarray, scale: float) -> np.ndarray:
     """[rows, K/4] I2_S bytes -> [rows, K/256 * 66] TQ2_0 bytes."""
     packed = np.asarray(packed, dtype=np.uint8)
@@ -61,8 +66,7 @@ def i2s_to_tq2_0(packed: np.ndarray, scale: float) -> np.ndarray:
         raise ValueError(f"TQ2_0 needs rows of a multiple of 256 weights, got {kq * 4}")
     unpack(packed)  # rejects code 3
     qs = REV[packed].reshape(rows, kq // 64, 64)
-    d = np.full((rows, kq // 64, 1), np.float16(scale)).view(np.uint8).reshape(rows, kq // 64, 2)
-    return np.concatenate([qs, d], axis=2).reshape(rows, -1)
+    return np.concatenate([qs, _block_d(rows, kq // 64, scale)], axis=2).reshape(rows, -1)
 
 
 def i2s_to_q2_0(packed: np.ndarray, scale: float) -> np.ndarray:
@@ -71,8 +75,7 @@ def i2s_to_q2_0(packed: np.ndarray, scale: float) -> np.ndarray:
     rows, K = codes.shape
     c = codes.reshape(rows, K // 64, 16, 4)
     qs = c[..., 0] | (c[..., 1] << 2) | (c[..., 2] << 4) | (c[..., 3] << 6)
-    d = np.full((rows, K // 64, 1), np.float16(scale)).view(np.uint8).reshape(rows, K // 64, 2)
-    return np.concatenate([d, qs], axis=2).reshape(rows, -1)
+    return np.concatenate([_block_d(rows, K // 64, scale), qs], axis=2).reshape(rows, -1)
 
 
 def i2s_to_tq1_0(packed: np.ndarray, scale: float) -> np.ndarray:

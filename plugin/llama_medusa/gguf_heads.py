@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -51,22 +51,27 @@ def read_output_matrix(model_path: str) -> np.ndarray:
     return _as_f32(t, model_path)
 
 
-def _head_tensors(path: str):
+def _head_tensors(path: str, parsed=None):
     """(metadata getter, {name: float32 [rows, cols]}) of the medusa.head.* tensors. Heads embedded in a bitnet.cpp
-    I2_S model are read with our own parser: gguf refuses the file's type-36 tensors."""
-    try:
-        reader = _reader(path)
-    except ValueError:
-        from .i2s_gguf import GGUFFile
+    I2_S model are read with our own parser (or from `parsed`, that file's GGUFFile when the caller has one):
+    gguf refuses the file's type-36 tensors."""
+    f = parsed
+    if f is None:
+        try:
+            reader = _reader(path)
+        except ValueError:
+            from .i2s_gguf import GGUFFile
 
-        f = GGUFFile(path)
+            f = GGUFFile(path)
+    if f is not None:
         return f.fields.get, {n: np.asarray(f.array(n), np.float32) for n in f.tensors if _HEAD_RE.match(n)}
     return (lambda key: _field(reader, key)), {t.name: _as_f32(t, path) for t in reader.tensors if _HEAD_RE.match(t.name)}
 
 
-def load_gguf_heads(path: str) -> MedusaHeads:
-    """MedusaBitNet heads: h + W_out . SiLU(W_in . h) per layer, projection shared with the backbone."""
-    field, tensors = _head_tensors(path)
+def load_gguf_heads(path: str, parsed=None) -> MedusaHeads:
+    """MedusaBitNet heads: h + W_out . SiLU(W_in . h) per layer, projection shared with the backbone.
+    parsed: the file's i2s_gguf.GGUFFile when the caller already has it (a BitNet model with embedded heads)."""
+    field, tensors = _head_tensors(path, parsed)
     found: Dict[int, Dict[int, Dict[str, np.ndarray]]] = {}
     for name, arr in tensors.items():
         m = _HEAD_RE.match(name)
@@ -96,20 +101,31 @@ def load_gguf_heads(path: str) -> MedusaHeads:
     return MedusaHeads(blocks, [None] * len(blocks), H, source=path, format="medusabitnet-gguf")
 
 
-def write_gguf_heads(path: str, heads: MedusaHeads, arch: str = "medusa") -> None:
-    """Writes heads in the MedusaBitNet GGUF layout (tests and tools; W_out required in every block)."""
-    import gguf
-
-    w = gguf.GGUFWriter(path, arch)
-    w.add_uint32("medusa.n_heads", heads.n_heads)
-    w.add_uint32("medusa.n_layers_per_head", len(heads.blocks[0]))
-    w.add_uint32("medusa.hidden_size", heads.hidden_size)
+def medusabitnet_layout(heads: MedusaHeads) -> Tuple[Dict[str, int], List[Tuple[str, np.ndarray]]]:
+    """Heads in the MedusaBitNet GGUF layout: (uint32 metadata, [(tensor name, float32 [rows, cols])]). Shared by
+    the heads-only writer below and synth.write_bitnet, which embeds them in a model."""
+    meta = {"medusa.n_heads": heads.n_heads, "medusa.n_layers_per_head": len(heads.blocks[0]),
+            "medusa.hidden_size": heads.hidden_size}
+    tensors = []
     for k, head in enumerate(heads.blocks):
         for l, (w_in, b_in, w_out) in enumerate(head):
-            if b_in is not None or w_out is None:
-                raise ValueError("the MedusaBitNet GGUF layout has no bias and needs W_out")
-            w.add_tensor(f"medusa.head.{k}.layer.{l}.w_in.weight", np.ascontiguousarray(w_in, dtype=np.float32))
-            w.add_tensor(f"medusa.head.{k}.layer.{l}.w_out.weight", np.ascontiguousarray(w_out, dtype=np.float32))
+            if b_in is not None or w_out is None or heads.proj[k] is not None:
+                raise ValueError("the MedusaBitNet GGUF layout has no bias, needs W_out and shares the projection")
+            for which, w in (("w_in", w_in), ("w_out", w_out)):
+                tensors.append((f"medusa.head.{k}.layer.{l}.{which}.weight", np.ascontiguousarray(w, np.float32)))
+    return meta, tensors
+
+
+def write_gguf_heads(path: str, heads: MedusaHeads, arch: str = "medusa") -> None:
+    """Writes heads in the MedusaBitNet GGUF layout (tests and tools)."""
+    import gguf
+
+    meta, tensors = medusabitnet_layout(heads)
+    w = gguf.GGUFWriter(path, arch)
+    for key, value in meta.items():
+        w.add_uint32(key, value)
+    for name, arr in tensors:
+        w.add_tensor(name, arr)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -74,10 +74,13 @@ class Llama(llama_cpp.Llama):
 
     def __new__(cls, model_path=None, *args, **kwargs):
         if cls is Llama:
-            from .bitnet_llama import BitnetLlama, is_i2s_gguf
+            from .bitnet_llama import BitnetLlama, open_i2s_gguf
 
-            if is_i2s_gguf(model_path if model_path is not None else kwargs.get("model_path")):
-                cls = BitnetLlama
+            parsed = open_i2s_gguf(model_path if model_path is not None else kwargs.get("model_path"))
+            if parsed is not None:
+                obj = super().__new__(BitnetLlama)
+                obj._i2s_file = parsed  # parsed once: BitnetLlama loads from it
+                return obj
         return super().__new__(cls)
 
     def __init__(
@@ -276,8 +279,11 @@ class Llama(llama_cpp.Llama):
         )
         self.n_tokens = 0
         self._requires_eval = True
-        # llama.cpp rounds n_ctx up (to 256); stock sizes its token/score arrays by the requested n_ctx but
-        # generates up to the real one. Size them by the real one so a full window fits.
+        self._fit_buffers_to_context()
+
+    def _fit_buffers_to_context(self) -> None:
+        """llama.cpp rounds n_ctx up (to 256); stock sizes its token/score arrays by the requested n_ctx but
+        generates up to the real one. Size them by the real one so a full window fits."""
         self._n_ctx = self.n_ctx()
         if self.input_ids.shape[0] < self._n_ctx:
             self.input_ids = np.zeros((self._n_ctx,), dtype=np.intc)

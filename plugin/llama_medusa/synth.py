@@ -71,15 +71,10 @@ def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4
         tern(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tern(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
     if heads is not None:
-        fields.update({"medusa.n_heads": heads.n_heads, "medusa.n_layers_per_head": len(heads.blocks[0]),
-                       "medusa.hidden_size": heads.hidden_size})
-        for k, head in enumerate(heads.blocks):
-            for l, (w_in, b_in, w_out) in enumerate(head):
-                if b_in is not None or w_out is None or heads.proj[k] is not None:
-                    raise ValueError("the MedusaBitNet layout has no bias, needs W_out and shares the projection")
-                for which, w in (("w_in", w_in), ("w_out", w_out)):
-                    w = np.ascontiguousarray(w, np.float32)
-                    tensors.append((f"medusa.head.{k}.layer.{l}.{which}.weight", F32, (w.shape[1], w.shape[0]),
-                                    w.tobytes()))
+        from .gguf_heads import medusabitnet_layout
+
+        meta, head_tensors = medusabitnet_layout(heads)
+        fields.update(meta)
+        tensors += [(name, F32, (w.shape[1], w.shape[0]), w.tobytes()) for name, w in head_tensors]
     write_gguf(path, fields, tensors, types=types)
     return path
