@@ -111,6 +111,13 @@ void silu_inplace(std::vector<float>& v) {
 
 }  // namespace
 
+void Dense::dot(size_t off, const float* x, int n, float* out) const {
+    if (!f16.empty())
+        dot_f16<1>(f16.data() + off, x, n, out);
+    else
+        dot_f32<1>(f32.data() + off, x, n, out);
+}
+
 HeadsEngine::HeadsEngine(int hidden, int n_threads) : hidden_(hidden), n_threads_(std::max(1, n_threads)) {
     if (hidden <= 0) throw std::invalid_argument("hidden size must be positive");
 }
@@ -140,30 +147,51 @@ void HeadsEngine::add_head(Head h) {
             (!b.w_out.empty() && b.w_out.size() != in) || (b.w_out.empty() && b.inner != hidden_))
             throw std::invalid_argument("residual block shapes do not fit hidden size " + std::to_string(hidden_));
     }
+    for (const auto& u : h.cond)
+        if (h.blocks.empty() || u.size() != (size_t)h.blocks[0].inner * hidden_)
+            throw std::invalid_argument("a conditioning matrix must be [first block's inner, hidden]");
     heads_.push_back(std::move(h));
 }
 
 int HeadsEngine::vocab() const { return projs_.empty() ? 0 : projs_[0].rows; }
 
-void HeadsEngine::head_states(const float* hidden, int n, float* states) const {
-    const int H = hidden_, K = (int)heads_.size();
+void HeadsEngine::head_states(const float* hidden, int n, float* states, int h0, int h1, const float* emb,
+                              int n_emb) const {
+    const int H = hidden_;
+    if (h1 < 0) h1 = (int)heads_.size();
+    const int G = h1 - h0;
     for (int r = 0; r < n; r++) {
-        for (int k = 0; k < K; k++) {
-            float* x = states + ((size_t)r * K + k) * H;
+        for (int g = 0; g < G; g++) {
+            const int k = h0 + g;
+            float* x = states + ((size_t)r * G + g) * H;
             std::copy(hidden + (size_t)r * H, hidden + (size_t)(r + 1) * H, x);
+            bool first = true;
             for (const Block& b : heads_[k].blocks) {
                 std::vector<float> a(b.inner);
                 for (int i = 0; i < b.inner; i++) {
-                    dot_f32<1>(b.w_in.data() + (size_t)i * H, x, H, &a[i]);
+                    b.w_in.dot((size_t)i * H, x, H, &a[i]);
                     if (!b.b_in.empty()) a[i] += b.b_in[i];
                 }
+                if (first && emb) {
+                    const int J = std::min(n_emb, (int)heads_[k].cond.size());
+                    for (int j = 0; j < J; j++) {
+                        const float* e = emb + ((size_t)r * n_emb + j) * H;
+                        const Dense& U = heads_[k].cond[j];
+                        for (int i = 0; i < b.inner; i++) {
+                            float v;
+                            U.dot((size_t)i * H, e, H, &v);
+                            a[i] += v;
+                        }
+                    }
+                }
+                first = false;
                 silu_inplace(a);
                 if (b.w_out.empty()) {
                     for (int i = 0; i < H; i++) x[i] += a[i];
                 } else {
                     for (int i = 0; i < H; i++) {
                         float v;
-                        dot_f32<1>(b.w_out.data() + (size_t)i * b.inner, a.data(), b.inner, &v);
+                        b.w_out.dot((size_t)i * b.inner, a.data(), b.inner, &v);
                         x[i] += v;
                     }
                 }
@@ -172,18 +200,22 @@ void HeadsEngine::head_states(const float* hidden, int n, float* states) const {
     }
 }
 
-void HeadsEngine::topk(const float* hidden, int n, int k, int32_t* ids, float* scores) const {
-    const int H = hidden_, K = (int)heads_.size(), V = vocab();
+void HeadsEngine::topk(const float* hidden, int n, int k, int32_t* ids, float* scores, int h0, int h1,
+                       const float* emb, int n_emb) const {
+    const int H = hidden_, V = vocab();
+    if (h1 < 0) h1 = (int)heads_.size();
+    const int K = h1 - h0;
+    if (h0 < 0 || h1 > (int)heads_.size() || K <= 0) throw std::invalid_argument("no such head range");
     if (k <= 0 || k > V) throw std::invalid_argument("top_k must be in 1.." + std::to_string(V));
     std::vector<float> states((size_t)n * K * H);
-    head_states(hidden, n, states.data());
+    head_states(hidden, n, states.data(), h0, h1, emb, n_emb);
 
     for (int p = 0; p < (int)projs_.size(); p++) {
         // Gather the states of every (row, head) that uses projection p into one [m, H] block.
         std::vector<int> slots;
         for (int r = 0; r < n; r++)
             for (int h = 0; h < K; h++)
-                if (heads_[h].proj == p) slots.push_back(r * K + h);
+                if (heads_[h0 + h].proj == p) slots.push_back(r * K + h);
         const int m = (int)slots.size();
         if (m == 0) continue;
         std::vector<float> x((size_t)m * H);

@@ -5,6 +5,7 @@
 // are evaluated as one M-row product so the large matrix is streamed once per step.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -22,18 +23,32 @@ struct Matrix {
     std::vector<float> scale;
 };
 
+// A dense row-major weight matrix in float32, or in float16 when its values are exactly float16 (heads files
+// store float16: keeping them so halves the bytes each step streams, which is what a head costs).
+struct Dense {
+    std::vector<float> f32;
+    std::vector<uint16_t> f16;
+    size_t size() const { return f16.empty() ? f32.size() : f16.size(); }
+    bool empty() const { return f32.empty() && f16.empty(); }
+    // out = row starting at element `off` . x[0:n]
+    void dot(size_t off, const float* x, int n, float* out) const;
+};
+
 // x <- x + W_out * SiLU(W_in * x + b_in). FasterDecoding/Medusa's ResBlock is the case without W_out
 // (inner == hidden, identity output); MedusaBitNet's heads have W_out and no bias.
 struct Block {
     int inner = 0;
-    std::vector<float> w_in;   // [inner, hidden]
+    Dense w_in;                // [inner, hidden]
     std::vector<float> b_in;   // [inner] or empty
-    std::vector<float> w_out;  // [hidden, inner] or empty
+    Dense w_out;               // [hidden, inner] or empty
 };
 
 struct Head {
     std::vector<Block> blocks;
     int proj = 0;
+    // Token conditioning: cond[j] is U_j [first block's inner, hidden]; U_j . e_j is added to the first block's
+    // pre-activation, e_j the embedding of the j-th token after the hidden state (root, then top-1 drafts).
+    std::vector<Dense> cond;
 };
 
 class HeadsEngine {
@@ -49,10 +64,15 @@ public:
     int n_threads() const { return n_threads_; }
     void set_n_threads(int n) { n_threads_ = n < 1 ? 1 : n; }
 
-    // hidden: [n, H]. states: [n, K, H] = each head's residual output.
-    void head_states(const float* hidden, int n, float* states) const;
-    // ids/scores: [n, K, k], best first. Scores are the head's raw logits.
-    void topk(const float* hidden, int n, int k, int32_t* ids, float* scores) const;
+    // Heads [h0, h1) of every row; G = h1 - h0. hidden: [n, H]. states: [n, G, H] = each head's residual output.
+    // emb (optional) [n, n_emb, H]: embeddings of the tokens after each row's state, for conditioned heads (a
+    // head uses the first min(n_emb, its cond count) of them).
+    void head_states(const float* hidden, int n, float* states, int h0 = 0, int h1 = -1,
+                     const float* emb = nullptr, int n_emb = 0) const;
+    // ids/scores: [n, G, k], best first. Scores are the head's raw logits.
+    void topk(const float* hidden, int n, int k, int32_t* ids, float* scores, int h0 = 0, int h1 = -1,
+              const float* emb = nullptr, int n_emb = 0) const;
+    int n_cond(int head) const { return (int)heads_[head].cond.size(); }
     // Full logits of one projection for m vectors [m, H] -> [m, V] (tests and training only).
     void project(int proj, const float* x, int m, float* logits) const;
 

@@ -26,6 +26,20 @@ std::vector<T> to_vec(const Arr<T>& a) {
     return std::vector<T>(a.data(), a.data() + a.size());
 }
 
+// float16 arrays are kept as float16 (their bits), anything else as float32.
+Dense dense_from(py::handle obj, const char* what) {
+    py::array a = py::array::ensure(obj);
+    if (!a) throw py::value_error(std::string(what) + " must be an array");
+    Dense d;
+    if (a.dtype().kind() == 'f' && a.dtype().itemsize() == 2) {
+        auto raw = py::array(a.attr("view")(py::dtype("uint16")));
+        d.f16 = to_vec(Arr<uint16_t>(raw));
+    } else {
+        d.f32 = to_vec(Arr<float>(a));
+    }
+    return d;
+}
+
 Matrix matrix_from(py::array w, py::object scale) {
     need_2d(w, "projection");
     Matrix m;
@@ -79,6 +93,40 @@ TernaryWeight ternary_of(py::list& keep, py::dict d, const char* name, int rows,
     return w;
 }
 
+// Which heads a head_states/topk call evaluates (all, or one), and the token embeddings conditioned heads see.
+struct HeadSelection {
+    int h0 = 0, h1 = 0, n_emb = 0;
+    Arr<float> emb;
+    const float* emb_ptr() const { return n_emb ? emb.data() : nullptr; }
+};
+
+HeadSelection select_heads(const HeadsEngine& e, const Arr<float>& hidden, py::object head, py::object emb) {
+    need_2d(hidden, "hidden");
+    if ((int)hidden.shape(1) != e.hidden())
+        throw py::value_error("hidden state has width " + std::to_string(hidden.shape(1)) + ", the heads expect " +
+                              std::to_string(e.hidden()));
+    if (e.n_heads() == 0) throw py::value_error("no heads loaded");
+    HeadSelection s;
+    s.h1 = e.n_heads();
+    if (!head.is_none()) {
+        const int h = head.cast<int>();
+        if (h < 0 || h >= e.n_heads())
+            throw py::value_error("head " + std::to_string(h) + " does not exist; " + std::to_string(e.n_heads()) +
+                                  " heads are loaded");
+        s.h0 = h;
+        s.h1 = h + 1;
+    }
+    if (!emb.is_none()) {
+        s.emb = Arr<float>(emb);
+        const int n = (int)hidden.shape(0);
+        if (s.emb.ndim() != 3 || s.emb.shape(0) != n || s.emb.shape(2) != e.hidden())
+            throw py::value_error("token embeddings must have shape [" + std::to_string(n) + ", tokens, " +
+                                  std::to_string(e.hidden()) + "]");
+        s.n_emb = (int)s.emb.shape(1);
+    }
+    return s;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, mod) {
@@ -95,65 +143,70 @@ PYBIND11_MODULE(_native, mod) {
              },
              py::arg("weight"), py::arg("scale") = py::none(),
              "Adds a [vocab, hidden] projection (float32, float16, or int8 with per-row scales); returns its id.")
-        .def("add_head", [](HeadsEngine& e, py::list blocks, int proj) {
+        .def("add_head", [](HeadsEngine& e, py::list blocks, int proj, py::object cond) {
                  Head h;
                  h.proj = proj;
+                 if (!cond.is_none())
+                     for (auto u : cond.cast<py::list>()) {
+                         if (py::array::ensure(u).ndim() != 2)
+                             throw py::value_error("a conditioning matrix must be 2-D");
+                         h.cond.push_back(dense_from(u, "conditioning matrix"));
+                     }
                  for (auto item : blocks) {
                      auto t = item.cast<py::tuple>();
                      if (t.size() != 3) throw py::value_error("a block is (w_in, b_in or None, w_out or None)");
                      Block b;
-                     Arr<float> w_in(t[0]);
+                     py::array w_in = py::array::ensure(t[0]);
                      need_2d(w_in, "w_in");
                      b.inner = (int)w_in.shape(0);
                      if ((int)w_in.shape(1) != e.hidden())
                          throw py::value_error("w_in has " + std::to_string(w_in.shape(1)) +
                                                " columns, hidden size is " + std::to_string(e.hidden()));
-                     b.w_in = to_vec(w_in);
+                     b.w_in = dense_from(w_in, "w_in");
                      if (!t[1].is_none()) b.b_in = to_vec(Arr<float>(t[1]));
                      if (!t[2].is_none()) {
-                         Arr<float> w_out(t[2]);
+                         py::array w_out = py::array::ensure(t[2]);
                          need_2d(w_out, "w_out");
                          if ((int)w_out.shape(0) != e.hidden() || (int)w_out.shape(1) != b.inner)
                              throw py::value_error("w_out must be [hidden, inner]");
-                         b.w_out = to_vec(w_out);
+                         b.w_out = dense_from(w_out, "w_out");
                      }
                      h.blocks.push_back(std::move(b));
                  }
                  e.add_head(std::move(h));
              },
-             py::arg("blocks"), py::arg("proj"))
+             py::arg("blocks"), py::arg("proj"), py::arg("cond") = py::none())
         .def_property_readonly("hidden", &HeadsEngine::hidden)
         .def_property_readonly("n_heads", &HeadsEngine::n_heads)
         .def_property_readonly("vocab", &HeadsEngine::vocab)
         .def_property("n_threads", &HeadsEngine::n_threads, &HeadsEngine::set_n_threads)
-        .def("head_states", [](const HeadsEngine& e, Arr<float> hidden) {
-                 need_2d(hidden, "hidden");
-                 if ((int)hidden.shape(1) != e.hidden()) throw py::value_error("hidden has the wrong width");
+        .def("head_states", [](const HeadsEngine& e, Arr<float> hidden, py::object head, py::object emb) {
+                 auto sel = select_heads(e, hidden, head, emb);
                  const int n = (int)hidden.shape(0);
-                 py::array_t<float> out({n, e.n_heads(), e.hidden()});
+                 py::array_t<float> out({n, sel.h1 - sel.h0, e.hidden()});
                  {
                      py::gil_scoped_release nogil;
-                     e.head_states(hidden.data(), n, out.mutable_data());
+                     e.head_states(hidden.data(), n, out.mutable_data(), sel.h0, sel.h1, sel.emb_ptr(), sel.n_emb);
                  }
                  return out;
-             })
-        .def("topk", [](const HeadsEngine& e, Arr<float> hidden, int k) {
-                 need_2d(hidden, "hidden");
-                 if ((int)hidden.shape(1) != e.hidden())
-                     throw py::value_error("hidden state has width " + std::to_string(hidden.shape(1)) +
-                                           ", the heads expect " + std::to_string(e.hidden()));
-                 if (e.n_heads() == 0) throw py::value_error("no heads loaded");
-                 const int n = (int)hidden.shape(0);
-                 py::array_t<int32_t> ids({n, e.n_heads(), k});
-                 py::array_t<float> scores({n, e.n_heads(), k});
+             },
+             py::arg("hidden"), py::arg("head") = py::none(), py::arg("emb") = py::none())
+        .def("topk", [](const HeadsEngine& e, Arr<float> hidden, int k, py::object head, py::object emb) {
+                 auto sel = select_heads(e, hidden, head, emb);
+                 const int n = (int)hidden.shape(0), G = sel.h1 - sel.h0;
+                 py::array_t<int32_t> ids({n, G, k});
+                 py::array_t<float> scores({n, G, k});
                  {
                      py::gil_scoped_release nogil;
-                     e.topk(hidden.data(), n, k, ids.mutable_data(), scores.mutable_data());
+                     e.topk(hidden.data(), n, k, ids.mutable_data(), scores.mutable_data(), sel.h0, sel.h1,
+                            sel.emb_ptr(), sel.n_emb);
                  }
                  return py::make_tuple(ids, scores);
              },
-             py::arg("hidden"), py::arg("k"),
-             "Top-k token ids and logits of every head for each hidden row: ([n, K, k] int32, [n, K, k] float32).")
+             py::arg("hidden"), py::arg("k"), py::arg("head") = py::none(), py::arg("emb") = py::none(),
+             "Top-k token ids and logits of every head (or of `head` only) for each hidden row: ([n, G, k] int32, "
+             "[n, G, k] float32). emb [n, J, hidden]: embeddings of the root and the drafts so far, which "
+             "token-conditioned heads add through their U matrices.")
         .def("project", [](const HeadsEngine& e, int proj, Arr<float> x) {
                  need_2d(x, "x");
                  const int m = (int)x.shape(0);

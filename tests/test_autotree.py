@@ -43,3 +43,17 @@ def test_interpolation():
     assert autotree.interpolate(cost, 2) == 2.0
     assert autotree.interpolate(cost, 6) == 5.0
     assert autotree.interpolate(cost, 16) == 12.0
+
+
+def test_chain_branching_trees_for_token_conditioned_heads():
+    acc = autotree.prior_accuracy(4)
+    flat = {T: 0.010 * (1 + 0.01 * (T - 1)) for T in range(1, 64)}
+    chain = autotree.choose(acc, flat, t_heads=0.0005, chain_branching=True)
+    assert any(any(p[:-1]) for p, _ in autotree.grow_tree(acc, 62))  # Medusa's trees branch off the chain
+    assert not any(any(p[:-1]) for p, _ in autotree.grow_tree(acc, 62, chain_branching=True))
+    for p in chain["choices"]:  # here only all-top-1 paths have children
+        assert not any(p[:-1]), p
+    assert 4 < len(chain["choices"]) <= 4 * 10
+    # exact for this family: 1 + sum of path products (rank r at depth d below a right top-1 chain)
+    want = 1 + sum(np.prod([acc[i, 0] for i in range(len(p) - 1)]) * acc[len(p) - 1, p[-1]] for p in map(tuple, chain["choices"]))
+    assert abs(chain["expected_tokens"] - want) < 1e-9

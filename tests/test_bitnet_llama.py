@@ -110,6 +110,24 @@ def test_embedded_heads_are_found(i2s_with_heads, plain, engine_greedy):
     assert llm.medusa_stats.steps > 0 and len(llm.medusa_stats.head_acceptance) == 3
 
 
+def test_token_conditioned_heads_on_the_engine(i2s_model, plain, engine_greedy):
+    """Conditioned heads read the I2_S file's F16 token embedding; output stays the engine's greedy one."""
+    from llama_medusa.drafter import HeadsDrafter
+
+    base = mlp_heads(hidden=256)
+    rng = np.random.default_rng(5)
+    cond = [[rng.standard_normal((256, 256)).astype(np.float32) * 0.05 for _ in range(k + 1)] for k in range(3)]
+    heads = MedusaHeads(base.blocks, [None] * 3, 256, cond=cond)
+    llm = Llama(i2s_model, n_ctx=N_CTX, verbose=False, medusa_heads=heads, medusa_choices=[[0], [1], [0, 0]])
+    drafter = llm._medusa.drafter
+    assert isinstance(drafter, HeadsDrafter) and drafter.max_depth == 2
+    emb = llm._bitnet.file.array("token_embd.weight")
+    np.testing.assert_array_equal(drafter.embedding.rows([7]), np.asarray(emb[7:8], np.float32))
+    pt = plain.tokenize(chat_prompt("Tell me a story").encode(), special=True)
+    assert run(llm, pt, 60, temp=0.0) == engine_greedy(pt, 60)
+    assert llm.medusa_stats.steps > 0
+
+
 def test_auto_tree_on_the_engine(i2s_with_heads):
     llm = Llama(i2s_with_heads, n_ctx=N_CTX, verbose=False)  # medusa_choices="auto" is the default
     auto = llm.medusa_auto

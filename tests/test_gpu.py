@@ -108,7 +108,9 @@ def test_heads_topk_matches_cpu_engine(g):
     from llama_medusa.heads import MedusaHeads
     from llama_medusa.shipped import default_heads_path
 
-    heads = MedusaHeads.load(default_heads_path("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    shipped = MedusaHeads.load(default_heads_path("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    # the GPU module evaluates plain heads: the shipped blocks without their token conditioning
+    heads = MedusaHeads(shipped.blocks, shipped.proj, shipped.hidden_size, draft_vocab=shipped.draft_vocab)
     rng = np.random.default_rng(3)
     V, H = 49152, heads.hidden_size
     backbone = (rng.standard_normal((V, H)) * 0.05).astype(np.float32)

@@ -236,3 +236,18 @@ def test_generate_needs_a_token(model_path):
     llm = medusa(model_path, random_heads(), n_ctx=256)
     with pytest.raises(ValueError, match="at least one token"):
         next(llm.generate([], temp=0.0))
+
+
+def test_shipped_conditioned_heads_on_a_fixed_tree(model_path, reference):
+    """The shipped (token-conditioned) heads on a tree that branches along the top-1 chain: greedy identical to
+    stock, with drafts accepted (the heads see the root and their predecessors' drafts)."""
+    from llama_medusa.shipped import default_heads_path
+
+    heads = MedusaHeads.load(default_heads_path(model_path))
+    assert heads.conditioned
+    pt, ref = reference(PROMPTS[0], 128)
+    tree = [[r] for r in range(4)] + [[0, r] for r in range(3)] + [[0, 0, 0]]
+    llm = Llama(model_path, medusa_heads=heads, medusa_choices=tree, verbose=False, n_ctx=N_CTX, **THREADS)
+    assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
+    st = llm.medusa_stats
+    assert st.mean_accepted > 1.2 and st.head_acceptance[0] > 0.2, st

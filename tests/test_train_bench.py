@@ -8,7 +8,8 @@ import pytest
 
 from llama_medusa import MedusaHeads
 from llama_medusa.gguf_heads import read_output_matrix
-from llama_medusa.train import accuracy, collect, fit_heads_ce, generic_prompts
+from llama_medusa.gguf_heads import TokenEmbedding
+from llama_medusa.train import accuracy, collect, fit_heads, generic_prompts
 
 
 @pytest.fixture(scope="module")
@@ -16,22 +17,40 @@ def small_data(model_path):
     return collect(model_path, generic_prompts()[:6], max_tokens=64, log=lambda m: None)
 
 
-def test_tiny_training_beats_untrained_heads(model_path, small_data):
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_tiny_training_beats_untrained_heads(model_path, small_data, conditioned):
     proj = read_output_matrix(model_path)
+    emb = TokenEmbedding.from_gguf(model_path) if conditioned else None
     n_states = sum(len(t) - n for t, _, n in small_data)
     assert 200 <= n_states <= 1000  # "a few hundred hidden states"
-    trained = fit_heads_ce(small_data, proj, n_heads=2, epochs=6, inner=256, log=lambda m: None)
+    trained = fit_heads(small_data, proj, n_heads=2, epochs=6, inner=256, embedding=emb, log=lambda m: None)
+    assert trained.conditioned == conditioned
     untrained = MedusaHeads([[(b[0][0], b[0][1], np.zeros_like(b[0][2]))] for b in trained.blocks], [None, None],
-                            trained.hidden_size, draft_vocab=trained.draft_vocab)
-    acc_t = accuracy(trained, model_path, small_data, proj=proj)
-    acc_u = accuracy(untrained, model_path, small_data, proj=proj)
+                            trained.hidden_size, draft_vocab=trained.draft_vocab, cond=trained.cond)
+    acc_t = accuracy(trained, model_path, small_data, proj=proj, embedding=emb)
+    acc_u = accuracy(untrained, model_path, small_data, proj=proj, embedding=emb)
     for k in range(2):
         assert acc_t[k][4] > acc_u[k][4] + 0.1, (acc_t, acc_u)  # top-5, same data
 
 
+def test_batched_collection_is_stock_greedy(model_path, small_data):
+    """Answers collected 16 prompts at a time are the ones stock llama-cpp-python gives each prompt alone."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path, n_ctx=512, flash_attn=True, verbose=False)
+    for toks, states, n_prompt in small_data[:3]:
+        answer = []
+        for tok in llm.generate(toks[:n_prompt].tolist(), temp=0.0):
+            answer.append(tok)
+            if len(answer) >= 64 or llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
+                break
+        assert toks[n_prompt:].tolist() == answer
+        assert states.shape == (len(toks), 576) and np.isfinite(states).all()
+
+
 def test_trained_heads_roundtrip_with_draft_vocab(model_path, small_data, tmp_path):
     proj = read_output_matrix(model_path)
-    heads = fit_heads_ce(small_data, proj, n_heads=2, epochs=1, inner=64, log=lambda m: None)
+    heads = fit_heads(small_data, proj, n_heads=2, epochs=1, inner=64, log=lambda m: None)
     path = str(tmp_path / "h.safetensors")
     heads.save(path, extra_meta={"n_vocab": 49152})
     back = MedusaHeads.load(path)

@@ -42,8 +42,12 @@ def rank_accuracy(cumulative: Sequence[Sequence[float]]) -> np.ndarray:
     return np.diff(np.concatenate([np.zeros((c.shape[0], 1)), c], axis=1), axis=1).clip(min=0.0)
 
 
-def grow_tree(acc: np.ndarray, max_nodes: int) -> List[Tuple[Tuple[int, ...], float]]:
-    """Nodes in the order the greedy construction adds them, each with its path probability."""
+def grow_tree(acc: np.ndarray, max_nodes: int, chain_branching: bool = False) -> List[Tuple[Tuple[int, ...], float]]:
+    """Nodes in the order the greedy construction adds them, each with its path probability.
+
+    chain_branching: only the top-1 chain gets children (token-conditioned heads: a deeper head's candidates are
+    conditioned on the top-1 drafts before it, so they fit no other branch; acc[d] is then head d's accuracy
+    given that the chain before it was right, which makes the path products exact for these trees)."""
     n_heads, top_k = acc.shape
     frontier = {(r,): acc[0, r] for r in range(top_k)}
     chosen: List[Tuple[Tuple[int, ...], float]] = []
@@ -51,7 +55,7 @@ def grow_tree(acc: np.ndarray, max_nodes: int) -> List[Tuple[Tuple[int, ...], fl
         path = max(frontier, key=lambda p: (frontier[p], [-x for x in p]))
         prob = frontier.pop(path)
         chosen.append((path, prob))
-        if len(path) < n_heads:
+        if len(path) < n_heads and not (chain_branching and any(path)):
             for r in range(top_k):
                 frontier[path + (r,)] = prob * acc[len(path), r]
     return chosen
@@ -68,23 +72,28 @@ def interpolate(cost: Dict[int, float], T: int) -> float:
     return cost[lo] + (cost[hi] - cost[lo]) * (T - lo) / (hi - lo)
 
 
-def choose(acc: np.ndarray, cost: Dict[int, float], t_heads: float, max_nodes: int = 62, min_gain: float = 1.0):
-    """Best tree for this accuracy table and cost curve.
+def choose(acc: np.ndarray, cost: Dict[int, float], t_heads, max_nodes: int = 62, min_gain: float = 1.0,
+           chain_branching: bool = False):
+    """Best tree for this accuracy table and cost curve. t_heads: seconds of one heads evaluation, or a list of
+    them by tree depth (heads_time).
 
     Returns dict: choices (list of paths; [] = plain decoding), predicted_speedup over plain decoding,
     expected_tokens, perfect_bound (speedup of perfect heads on this cost curve), and the whole size sweep."""
-    nodes = grow_tree(acc, max_nodes)
+    nodes = grow_tree(acc, max_nodes, chain_branching)
     t1 = cost[1]
+    heads_s = (lambda depth: t_heads[depth - 1]) if isinstance(t_heads, (list, tuple)) else (lambda depth: t_heads)
     sweep = []
     expected = 1.0
+    depth = 0
     for n in range(0, len(nodes) + 1):
         if n:
             expected += nodes[n - 1][1]
-        step = interpolate(cost, n + 1) + (t_heads if n else 0.0)
+            depth = max(depth, len(nodes[n - 1][0]))
+        step = interpolate(cost, n + 1) + (heads_s(depth) if n else 0.0)
         sweep.append({"nodes": n, "expected_tokens": expected, "step_s": step, "speedup": expected * t1 / step})
     best = max(sweep, key=lambda s: s["speedup"])
     n_heads = acc.shape[0]
-    perfect = max((d + 1) * t1 / (interpolate(cost, d + 1) + (t_heads if d else 0.0)) for d in range(n_heads + 1))
+    perfect = max((d + 1) * t1 / (interpolate(cost, d + 1) + (heads_s(d) if d else 0.0)) for d in range(n_heads + 1))
     if best["speedup"] < min_gain:
         best = sweep[0]
     return {
@@ -173,15 +182,30 @@ def time_llama_decode(llm, sizes: Sequence[int], repeats: int) -> Dict[int, floa
     return out
 
 
-def heads_time(drafter, n_embd: int, top_k: int, repeats: int = 5) -> float:
+def heads_time(drafter, n_embd: int, top_k: int, repeats: int = 5):
+    """Median seconds of one propose(); for HeadsDrafter a list indexed by tree depth - 1 (heads below the tree's
+    depth are skipped, and token-conditioned heads run one after another, so the time grows with the depth)."""
     h = np.random.default_rng(0).standard_normal(n_embd).astype(np.float32)
-    toks = np.zeros(1, np.int32)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        drafter.propose(h, toks, top_k)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    def median_time():
+        times = []
+        for i in range(repeats):  # a new root each time: token-conditioned heads pay their embedding rows uncached
+            t0 = time.perf_counter()
+            drafter.propose(h, np.array([i], np.int32), top_k)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    if not hasattr(drafter, "max_depth"):
+        return median_time()
+    keep = drafter.max_depth
+    try:
+        out = []
+        for d in range(1, drafter.n_heads + 1):
+            drafter.max_depth = d
+            out.append(median_time())
+        return out
+    finally:
+        drafter.max_depth = keep
 
 
 def accuracy_table(drafter, top_k: int) -> np.ndarray:

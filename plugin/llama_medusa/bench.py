@@ -153,10 +153,14 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
     for choice in trees:
         paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]
         llm = Llama(model, medusa_heads=heads, medusa_choices=paths, **common)
-        total = sum(_timed_chat(llm, p, max_tokens)[2] for p in prompts)
+        total, toks, steps = 0.0, 0, 0
+        for p in prompts:
+            total += _timed_chat(llm, p, max_tokens)[2]
+            toks, steps = toks + llm.medusa_stats.tokens, steps + llm.medusa_stats.steps
         name = choice if isinstance(choice, str) else f"{len(choice)} nodes"
-        out.append({"tree": name, "nodes": len(llm.medusa_tree), "speedup": base / total})
-        log(f"sweep {name}: {base / total:.2f}x")
+        out.append({"tree": name, "nodes": len(llm.medusa_tree), "speedup": base / total,
+                    "mean_accepted": toks / max(steps, 1)})
+        log(f"sweep {name}: {base / total:.2f}x, {toks / max(steps, 1):.2f} tokens/pass")
     return out
 
 
@@ -192,7 +196,8 @@ def format_table(s: dict) -> str:
         lines.append(f"peer: llama-cpp-python prompt-lookup speculation {s['lookup_speedup_median']:.2f}x median, "
                      f"identical {'all' if s['lookup_all_identical'] else 'NOT all'}")
     for w in s.get("sweep", []):
-        lines.append(f"sweep: {w['tree']:>14s} ({w['nodes']:2d} nodes) {w['speedup']:.2f}x")
+        lines.append(f"sweep: {w['tree']:>14s} ({w['nodes']:2d} nodes) {w['speedup']:.2f}x, "
+                     f"{w['mean_accepted']:.2f} tokens/pass")
     return "\n".join(lines)
 
 
@@ -215,7 +220,9 @@ def main(args) -> int:
 
 
 SWEEP_TREES = ("chain-1", "chain-2", "chain-3", "small", [[0], [1], [0, 0], [2], [0, 1], [1, 0], [0, 0, 0], [3],
-                [0, 2], [1, 1], [2, 0], [0, 0, 1], [4], [0, 3], [0, 0, 0, 0]], "mc_sim_7b_63")
+                [0, 2], [1, 1], [2, 0], [0, 0, 1], [4], [0, 3], [0, 0, 0, 0]], "mc_sim_7b_63",
+               # the widest tree for token-conditioned heads: ten candidates below each node of the top-1 chain
+               [(0,) * d + (r,) for d in range(4) for r in range(10)])
 
 
 def plot(s: dict, path: str) -> None:

@@ -126,6 +126,11 @@ class BitnetLlama(Llama):
         name = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
         return f.array(name)  # float16 [n_vocab, n_embd], memory-mapped
 
+    def _token_embedding(self):
+        from .gguf_heads import TokenEmbedding
+
+        return TokenEmbedding.from_array(self._bitnet.file.array("token_embd.weight"), self.model_path)
+
     def _embedded_heads(self):
         """MedusaBitNet's heads stored in the model's own GGUF (medusa.head.{k}.layer.{l}.w_in/w_out)."""
         if any(_HEAD_TENSOR.match(n) for n in self._bitnet.file.tensors):
@@ -134,8 +139,8 @@ class BitnetLlama(Llama):
             return load_gguf_heads(self.model_path, parsed=self._bitnet.file)
         return None
 
-    def _heads_device(self, want: str) -> str:
-        return "cpu" if want == "auto" else super()._heads_device(want)
+    def _heads_device(self, want: str, heads) -> str:
+        return "cpu" if want == "auto" else super()._heads_device(want, heads)
 
     def _prepare_context(self, n_seq: int) -> None:
         self._truncate(0)

@@ -25,13 +25,19 @@ def main(argv=None) -> int:
     b.add_argument("--n-gpu-layers", type=int, default=0,
                    help="layers offloaded by a GPU build of llama-cpp-python (-1: all); heads then run on the GPU")
 
-    t = sub.add_parser("train", help="fit heads for a GGUF model by self-distillation (numpy, closed form)")
+    t = sub.add_parser("train", help="fit heads for a GGUF model by self-distillation (numpy, Adam)")
     t.add_argument("--model", help="GGUF model (default: the embedded SmolLM2)")
     t.add_argument("--out", required=True, help="heads file to write (llama-medusa safetensors format)")
     t.add_argument("--heads", type=int, default=3)
     t.add_argument("--max-tokens", type=int, default=None,
                    help="answer length per training prompt (default: llama_medusa.train.ANSWER_TOKENS)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--inner", type=int, default=1024, help="width of each head's residual block")
+    t.add_argument("--soft", type=float, default=1.0,
+                   help="weight of the backbone's own distribution in the target (0: its greedy token only)")
+    t.add_argument("--plain", action="store_true",
+                   help="plain Medusa heads (no token conditioning; the GPU module evaluates only these)")
 
     q = sub.add_parser("requantize", help="copy a GGUF into another weight type with llama.cpp's quantize API")
     q.add_argument("src")
@@ -81,8 +87,8 @@ def main(argv=None) -> int:
         from .train import ANSWER_TOKENS, train
 
         train(args.model or default_model_path(), args.out, n_heads=args.heads,
-              max_tokens=args.max_tokens or ANSWER_TOKENS,
-              seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+              max_tokens=args.max_tokens or ANSWER_TOKENS, seed=args.seed, epochs=args.epochs, inner=args.inner,
+              soft=args.soft, conditioned=not args.plain, log=lambda m: print(m, file=sys.stderr))
         return 0
     except ValueError as e:
         print(f"llama-medusa: error: {e}", file=sys.stderr)

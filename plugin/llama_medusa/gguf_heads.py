@@ -130,3 +130,46 @@ def write_gguf_heads(path: str, heads: MedusaHeads, arch: str = "medusa") -> Non
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+class TokenEmbedding:
+    """Rows of the backbone's token embedding, for token-conditioned heads: a few rows per step are dequantised
+    from the memory-mapped GGUF instead of holding the whole [n_vocab, n_embd] matrix in float32."""
+
+    def __init__(self, row_fn, n_vocab: int, n_embd: int, source: str):
+        self._row = row_fn
+        self.n_vocab, self.n_embd, self.source = n_vocab, n_embd, source
+        self.rows(np.array([0]))  # fail at load, not mid-generation, on a type gguf cannot dequantise
+
+    @classmethod
+    def from_gguf(cls, model_path: str) -> "TokenEmbedding":
+        import gguf
+
+        reader = _reader(model_path)
+        t = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+        if t is None:
+            raise ValueError(f"{model_path}: token_embd.weight is not in this GGUF (token-conditioned heads need it)")
+        n_embd, n_vocab = int(t.shape[0]), int(t.shape[1])
+        data, ttype = t.data, t.tensor_type
+        if ttype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            row = lambda i: np.asarray(data[i], dtype=np.float32)
+        else:
+            def row(i):
+                try:
+                    return gguf.quants.dequantize(data[i : i + 1], ttype)[0]
+                except NotImplementedError:
+                    raise ValueError(f"{model_path}: token_embd.weight has type {ttype.name}, which the gguf "
+                                     "package cannot dequantise") from None
+        return cls(row, n_vocab, n_embd, model_path)
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray, source: str = "<array>") -> "TokenEmbedding":
+        """[n_vocab, n_embd] array (float16 memmap of an I2_S model's embedding, or float32)."""
+        return cls(lambda i: np.asarray(arr[i], dtype=np.float32), arr.shape[0], arr.shape[1], source)
+
+    def rows(self, toks) -> np.ndarray:
+        toks = np.asarray(toks).reshape(-1)
+        bad = toks[(toks < 0) | (toks >= self.n_vocab)]
+        if len(bad):
+            raise ValueError(f"token id {int(bad[0])} is outside the embedding's {self.n_vocab} rows")
+        return np.stack([self._row(int(t)) for t in toks]).astype(np.float32, copy=False)

@@ -10,8 +10,13 @@ File formats (detected from the bytes, not the name):
    Heads are counted from the tensors: released configs under-report them.
 2. MedusaBitNet heads embedded in a GGUF: ``medusa.head.{k}.layer.{l}.w_in.weight`` / ``w_out.weight``, metadata
    ``medusa.n_heads``, ``medusa.n_layers_per_head``, ``medusa.hidden_size``; the projection is the backbone's.
-3. This project's own safetensors (see README "Heads format"): ``head.{k}.block.{l}.w_in|b_in|w_out`` and an
-   optional ``head.{k}.proj``, with JSON metadata under the key ``llama_medusa``.
+3. This project's own safetensors (see README "Heads format"): ``head.{k}.block.{l}.w_in|b_in|w_out``, an
+   optional ``head.{k}.proj`` and, for token-conditioned heads (format version 2), ``head.{k}.cond.{j}``, with
+   JSON metadata under the key ``llama_medusa``.
+
+Token-conditioned heads (Hydra-style, Ankner et al. 2024) add ``U_{k,j} . e(token_j)`` to the first block's
+pre-activation, where token_0 is the root (the token the backbone just sampled) and token_j (j >= 1) the top-1
+draft of head j-1, e the backbone's token embedding. Plain Medusa heads must guess the root; these see it.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import numpy as np
 Block = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]  # (w_in, b_in, w_out)
 
 FORMAT_KEY = "llama_medusa"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: token-conditioned heads (head.{k}.cond.{j}); files without them are still written as 1
 PROJ_DTYPES = ("f32", "f16", "i8")
 
 _PICKLE_HINT = (
@@ -49,6 +54,9 @@ class MedusaHeads:
     # Token ids the heads may propose (sorted), or None for the whole vocabulary. The projection is evaluated on
     # these rows only: 8,192 of SmolLM2's 49,152 tokens cost a sixth of the full projection (vLLM's token_map).
     draft_vocab: Optional[np.ndarray] = None
+    # Token conditioning: cond[k][j] is U_{k,j}, [inner of head k's first block, hidden]; head k may use chain
+    # positions 0..k (root, then heads 0..k-1's top-1 drafts). None or all-empty = plain Medusa heads.
+    cond: Optional[List[List[np.ndarray]]] = None
 
     def __post_init__(self):
         if not self.blocks:
@@ -74,6 +82,22 @@ class MedusaHeads:
                 raise ValueError(f"{self.source}: head {k} projection has shape {p.shape}, expected [vocab, {H}]")
         if len(vocabs) > 1:
             raise ValueError(f"{self.source}: head projections disagree on the vocabulary size: {sorted(vocabs)}")
+        if self.cond is not None:
+            if len(self.cond) != len(self.blocks):
+                raise ValueError(f"{self.source}: {len(self.blocks)} heads but conditioning for {len(self.cond)}")
+            for k, us in enumerate(self.cond):
+                if len(us) > k + 1:
+                    raise ValueError(f"{self.source}: head {k} conditions on {len(us)} tokens; at most {k + 1} "
+                                     "(the root and the drafts of the heads before it) are known when it runs")
+                if us and not self.blocks[k]:
+                    raise ValueError(f"{self.source}: head {k} is token-conditioned but has no residual block")
+                for j, u in enumerate(us):
+                    want = (self.blocks[k][0][0].shape[0], H)
+                    if u.shape != want:
+                        raise ValueError(f"{self.source}: head {k} conditioning {j} has shape {u.shape}, "
+                                         f"expected {want}")
+            if not any(self.cond):
+                self.cond = None
         if self.draft_vocab is not None:
             dv = np.asarray(self.draft_vocab)
             if dv.ndim != 1 or len(dv) == 0 or dv.min() < 0 or np.any(np.diff(dv) <= 0):
@@ -83,6 +107,11 @@ class MedusaHeads:
     @property
     def n_heads(self) -> int:
         return len(self.blocks)
+
+    @property
+    def conditioned(self) -> bool:
+        """True for token-conditioned heads (they need the backbone's token embedding)."""
+        return self.cond is not None
 
     @property
     def shared_projection(self) -> bool:
@@ -135,6 +164,8 @@ class MedusaHeads:
                     tensors[f"head.{k}.block.{l}.w_out"] = np.ascontiguousarray(w_out)
             if self.proj[k] is not None:
                 tensors[f"head.{k}.proj"] = np.ascontiguousarray(self.proj[k])
+            for j, u in enumerate(self.cond[k] if self.cond else []):
+                tensors[f"head.{k}.cond.{j}"] = np.ascontiguousarray(u)
         if self.draft_vocab is not None:
             tensors["draft_vocab"] = np.ascontiguousarray(self.draft_vocab, dtype=np.int32)
         if half:
@@ -142,7 +173,8 @@ class MedusaHeads:
         meta = dict(self.meta)
         meta.update(extra_meta or {})
         meta.update(
-            version=FORMAT_VERSION,
+            version=FORMAT_VERSION if self.conditioned else 1,
+            conditioning="tokens" if self.conditioned else "none",
             n_heads=self.n_heads,
             hidden_size=self.hidden_size,
             projection="shared" if self.shared_projection else "own",
@@ -185,6 +217,9 @@ class MedusaHeads:
         if device == "gpu":
             from . import gpu
 
+            if self.conditioned:
+                raise ValueError(f"Medusa heads {self.source} are token-conditioned; the GPU module evaluates plain "
+                                 "Medusa heads only: use medusa_device='cpu'")
             reason = gpu.why_not()
             if reason:
                 raise ValueError(f"medusa heads on the GPU: {reason}")
@@ -215,7 +250,15 @@ class MedusaHeads:
                 if id(p) not in ids:
                     ids[id(p)] = _add_projection(eng, self._rows(p), proj_dtype, device)
                 pid = ids[id(p)]
-            eng.add_head([(w_in, b_in, w_out) for (w_in, b_in, w_out) in self.blocks[k]], pid)
+            if device == "gpu":
+                blocks = list(self.blocks[k])
+            else:  # the CPU engine keeps exactly-float16 weights (heads files store them so) in float16
+                blocks = [(_compact(w_in), b_in, None if w_out is None else _compact(w_out))
+                          for (w_in, b_in, w_out) in self.blocks[k]]
+            if self.conditioned:  # CPU engine only (the GPU path refused these heads above)
+                eng.add_head(blocks, pid, cond=[_compact(u) for u in self.cond[k]])
+            else:
+                eng.add_head(blocks, pid)
         return eng
 
     def _rows(self, w: np.ndarray) -> np.ndarray:
@@ -224,6 +267,13 @@ class MedusaHeads:
     def token_ids(self, local: np.ndarray) -> np.ndarray:
         """Engine row indices -> token ids."""
         return local if self.draft_vocab is None else self.draft_vocab[local]
+
+
+def _compact(w: np.ndarray) -> np.ndarray:
+    """w as float16 when that is lossless (weights loaded from a float16 file), else unchanged: the engine streams
+    head weights every step, so half the bytes is most of a head's time."""
+    h = w.astype(np.float16)
+    return h if np.array_equal(h.astype(w.dtype), w) else w
 
 
 def _add_projection(eng, w: np.ndarray, dtype: str, device: str) -> int:
@@ -272,8 +322,13 @@ def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_v
     if int(meta.get("version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{path}: heads format version {meta.get('version')} is newer than this llama-medusa reads")
     n = int(meta["n_heads"])
-    blocks, proj = [], []
+    blocks, proj, cond = [], [], []
     for k in range(n):
+        us, j = [], 0
+        while f"head.{k}.cond.{j}" in t:
+            us.append(t[f"head.{k}.cond.{j}"])
+            j += 1
+        cond.append(us)
         head, l = [], 0
         while f"head.{k}.block.{l}.w_in" in t:
             pre = f"head.{k}.block.{l}."
@@ -284,7 +339,7 @@ def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_v
         if not head and proj[-1] is None:
             raise ValueError(f"{path}: head {k} has no tensors")
     return MedusaHeads(blocks, proj, int(meta["hidden_size"]), source=path, format="llama-medusa", meta=meta,
-                       draft_vocab=draft_vocab)
+                       draft_vocab=draft_vocab, cond=cond)
 
 
 def _from_medusa(path: str, t: Dict[str, np.ndarray]) -> MedusaHeads:

@@ -124,13 +124,15 @@ class Llama(llama_cpp.Llama):
             heads = medusa_heads if isinstance(medusa_heads, MedusaHeads) else MedusaHeads.load(medusa_heads)
             engine = heads.engine(
                 self.model_path, n_embd, self._n_vocab, medusa_proj_dtype, n_threads=self.n_threads_batch,
-                backbone_proj=self._backbone_projection(heads), device=self._heads_device(medusa_device),
+                backbone_proj=self._backbone_projection(heads), device=self._heads_device(medusa_device, heads),
             )
-            drafter = HeadsDrafter(heads, engine)
+            drafter = HeadsDrafter(heads, engine, self._token_embedding() if heads.conditioned else None)
         self.medusa_auto = None
         if isinstance(medusa_choices, str) and medusa_choices == "auto":
             medusa_choices = self._auto_choices(drafter, n_embd, medusa_top_k or 10, medusa_max_batch)
         tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
+        if isinstance(drafter, HeadsDrafter):
+            drafter.max_depth = max(tree.depth, 1)  # heads below the tree's depth are never read: skip them
         self._medusa = _MedusaState(
             drafter=drafter,
             tree=tree,
@@ -141,11 +143,13 @@ class Llama(llama_cpp.Llama):
         )
         self._prepare_context(n_seq=max(1, tree.n_leaves))
 
-    def _heads_device(self, want: str) -> str:
+    def _heads_device(self, want: str, heads: MedusaHeads) -> str:
         if want not in ("auto", "cpu", "gpu"):
             raise ValueError(f"medusa_device must be 'auto', 'cpu' or 'gpu', got {want!r}")
         if want != "auto":
             return want
+        if heads.conditioned:
+            return "cpu"  # the GPU module evaluates plain Medusa heads only
         from . import gpu
 
         offloaded = self.model_params.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
@@ -159,7 +163,9 @@ class Llama(llama_cpp.Llama):
         cost = autotree.cost_curve(self)
         acc = autotree.accuracy_table(drafter, top_k)
         t_heads = autotree.heads_time(drafter, n_embd, top_k)
-        self.medusa_auto = autotree.choose(acc, cost, t_heads, max_nodes=max_batch - 1 - drafter.n_heads)
+        heads = getattr(drafter, "heads", None)
+        self.medusa_auto = autotree.choose(acc, cost, t_heads, max_nodes=max_batch - 1 - drafter.n_heads,
+                                           chain_branching=heads is not None and heads.conditioned)
         self.medusa_auto.update(cost_s=cost, heads_s=t_heads)
         return self.medusa_auto["choices"]
 
@@ -174,6 +180,16 @@ class Llama(llama_cpp.Llama):
 
     def _backbone_projection(self, heads) -> Optional[np.ndarray]:
         return None  # heads with a shared projection read output.weight from the GGUF (gguf_heads.py)
+
+    def _token_embedding(self):
+        """The backbone's token embedding, for token-conditioned heads (rows dequantised from the GGUF on demand)."""
+        from .gguf_heads import TokenEmbedding
+
+        emb = TokenEmbedding.from_gguf(self.model_path)
+        if emb.n_vocab != self._n_vocab:
+            raise ValueError(f"{self.model_path}: token_embd.weight has {emb.n_vocab} rows, the vocabulary "
+                             f"{self._n_vocab}")
+        return emb
 
     def _embedded_heads(self):
         return None  # llama.cpp refuses GGUFs with tensors its graph does not use, so no heads ride along
