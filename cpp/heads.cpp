@@ -227,7 +227,10 @@ void HeadsEngine::topk(const float* hidden, int n, int k, int32_t* ids, float* s
         std::vector<float> xs;
         if (P.dtype == DType::I8) quantize_rows(x.data(), m, H, xq, xs);
 
-        const int nt = std::max(1, std::min(n_threads_, P.rows / 256 + 1));
+        // Threads start per call: split only when there is enough work (rows x vectors) to pay for them.
+        // Measured on the 2-core CPU: 8,192 rows x 1-3 vectors and 16,384 x 1 are faster on one thread, 16,384 x 3
+        // and 49,152 x 1 on two.
+        const int nt = std::max(1, std::min(n_threads_, (int)((int64_t)P.rows * m / 32768) + 1));
         std::vector<std::vector<TopK>> partial(nt, std::vector<TopK>(m));
         for (auto& v : partial)
             for (auto& t : v) t.k = k;

@@ -72,7 +72,6 @@ public:
     // ids/scores: [n, G, k], best first. Scores are the head's raw logits.
     void topk(const float* hidden, int n, int k, int32_t* ids, float* scores, int h0 = 0, int h1 = -1,
               const float* emb = nullptr, int n_emb = 0) const;
-    int n_cond(int head) const { return (int)heads_[head].cond.size(); }
     // Full logits of one projection for m vectors [m, H] -> [m, V] (tests and training only).
     void project(int proj, const float* x, int m, float* logits) const;
 

@@ -38,10 +38,6 @@ class HeadsDrafter:
             if embedding.n_embd != heads.hidden_size:
                 raise ValueError(f"the token embedding has width {embedding.n_embd}, the heads' hidden size is "
                                  f"{heads.hidden_size}")
-            if getattr(engine, "vocab", 1 << 30) <= 16384 and hasattr(engine, "n_threads"):
-                # one head per call over a small draft vocabulary: starting threads per call costs more than the
-                # split saves (2-core CPU, 8,192 rows: 1.4 ms per 3-head step on one thread, 1.9 ms on two)
-                engine.n_threads = 1
 
     def propose(self, hidden: np.ndarray, tokens: np.ndarray, k: int) -> np.ndarray:
         if not self.heads.conditioned:

@@ -8,7 +8,8 @@
    and of the tokens between the root and its target. Cross-entropy on token t+2+k against a mix of the greedy
    token and the backbone's own distribution, Adam, per-head loss weights. The softmax runs over the draft
    vocabulary (the most frequent answer tokens), which is also all the heads ever propose at inference.
-3. Measure: per-head top-1..10 accuracy on held-out prompts, stored in the heads file for the tree choice.
+3. Measure: per-head top-1..10 accuracy on the validation prompts (hand-written, not trained on), stored in the
+   heads file for the tree choice, and on the held-out split of the training prompts.
 """
 from __future__ import annotations
 
