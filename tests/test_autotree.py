@@ -29,6 +29,8 @@ def test_steep_cost_picks_small_tree_flat_cost_picks_big_tree():
     assert len(big["choices"]) >= 8 and big["predicted_speedup"] > 1.5
     assert len(small["choices"]) < len(big["choices"]) and small["predicted_speedup"] < 1.1
     assert big["perfect_bound"] >= big["predicted_speedup"]
+    # the decoder's own per-step time is priced into every tree: a slow enough loop makes plain decoding win
+    assert autotree.choose(acc, flat, t_heads=0.0005, step_overhead=0.05)["choices"] == []
 
 
 def test_no_winning_tree_means_plain_decoding():
@@ -45,15 +47,36 @@ def test_interpolation():
     assert autotree.interpolate(cost, 16) == 12.0
 
 
-def test_chain_branching_trees_for_token_conditioned_heads():
-    acc = autotree.prior_accuracy(4)
+def test_per_row_heads_cost_prices_branching():
+    """Token-conditioned heads pay one evaluation row per node with children: an expensive row makes the chosen
+    tree branch from fewer nodes than a free one, and the predicted step time includes exactly that cost."""
+    acc = autotree.prior_accuracy(3)
     flat = {T: 0.010 * (1 + 0.01 * (T - 1)) for T in range(1, 64)}
-    chain = autotree.choose(acc, flat, t_heads=0.0005, chain_branching=True)
-    assert any(any(p[:-1]) for p, _ in autotree.grow_tree(acc, 62))  # Medusa's trees branch off the chain
-    assert not any(any(p[:-1]) for p, _ in autotree.grow_tree(acc, 62, chain_branching=True))
-    for p in chain["choices"]:  # here only all-top-1 paths have children
-        assert not any(p[:-1]), p
-    assert 4 < len(chain["choices"]) <= 4 * 10
-    # exact for this family: 1 + sum of path products (rank r at depth d below a right top-1 chain)
-    want = 1 + sum(np.prod([acc[i, 0] for i in range(len(p) - 1)]) * acc[len(p) - 1, p[-1]] for p in map(tuple, chain["choices"]))
-    assert abs(chain["expected_tokens"] - want) < 1e-9
+    free = autotree.choose(acc, flat, t_heads=autotree.HeadsCost(per_call=1e-4, per_row=0.0))
+    dear = autotree.choose(acc, flat, t_heads=autotree.HeadsCost(per_call=1e-4, per_row=1.5e-3))
+    parents = lambda r: len({tuple(p[:-1]) for p in r["choices"]})
+    assert parents(dear) < parents(free)
+    cost = autotree.HeadsCost(per_call=1e-4, per_row=1.5e-3)
+    paths = [tuple(p) for p in dear["choices"]]
+    assert abs(dear["heads_s"] - (1e-4 * max(map(len, paths)) + 1.5e-3 * parents(dear))) < 1e-12
+    assert cost([]) == 0.0 and autotree.HeadsCost(fixed=0.002)([(0,), (1, 2)]) == 0.002
+
+
+def test_lookup_gate_adds_nodes_by_cost_and_learns_hit_rates():
+    from llama_medusa.lookup import LookupGate
+
+    flat = {T: 0.010 * (1 + 0.02 * (T - 1)) for T in range(1, 64)}
+    steep = {T: 0.010 * (1 + 0.6 * (T - 1)) for T in range(1, 64)}  # a guess must be likely to pay
+    assert LookupGate(8).count(batch=1, matched=0, new=6) == 6  # no cost curve: every proposed token
+    assert LookupGate(8, flat).count(batch=1, matched=0, new=6) == 6
+    gate = LookupGate(8, steep)
+    assert gate.count(batch=1, matched=0, new=6) == 0
+    for _ in range(200):  # a text where the lookup is always right
+        gate.observe([5, 6, 7, 8], [5, 6, 7, 8, 9])
+    assert gate.rate(0) > 0.95 and gate.rate(3) > 0.95 and gate.rate(5) < 0.5  # depths never seen keep the prior
+    assert gate.count(batch=1, matched=0, new=4) == 4
+    seen, hits = gate.seen.copy(), gate.hits.copy()
+    gate.observe([5, 1], [5, 6, 7])  # right at depth 1, wrong at 2, depth 3 not proposed
+    assert list(gate.seen - seen)[:3] == [1, 1, 0] and list(gate.hits - hits)[:3] == [1, 0, 0]
+    gate.reset()
+    assert gate.count(batch=1, matched=0, new=4) == 0

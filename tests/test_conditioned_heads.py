@@ -60,6 +60,45 @@ def test_drafter_matches_numpy_reference():
     assert not cut[2].any()
 
 
+def ref_topk(heads, proj, emb, h, path, d, k):
+    """numpy: head d's top-k given the tokens of a tree path (root first)."""
+    w_in, b_in, w_out = heads.blocks[d][0]
+    a = w_in.astype(np.float64) @ h + b_in
+    for j, u in enumerate(heads.cond[d]):
+        a += u.astype(np.float64) @ emb[path[j]]
+    logits = proj.astype(np.float64) @ (h + w_out.astype(np.float64) @ silu(a))
+    return np.argsort(-logits, kind="stable")[:k]
+
+
+def test_fill_conditions_every_node_on_its_own_path():
+    """In a tree, the children of every node (off the top-1 chain too) come from the next head conditioned on that
+    node's own path, equal to a numpy reference; plain heads fill the same tree by rank."""
+    from llama_medusa.tree import Tree
+
+    rng = np.random.default_rng(3)
+    heads = make(rng)
+    proj = rng.standard_normal((V, H)).astype(np.float32)
+    emb_arr = rng.standard_normal((V, H)).astype(np.float32)
+    drafter = HeadsDrafter(heads, heads.engine(None, H, V, "f32", backbone_proj=proj), TokenEmbedding.from_array(emb_arr))
+    tree = Tree([(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (1, 2), (2, 1), (0, 0, 0), (1, 0, 0), (1, 0, 1)])
+    h = rng.standard_normal(H).astype(np.float32)
+    got = drafter.fill(h, np.array([4, 9, 21]), tree, 3)
+    assert got[0] == 21
+    for i, node in enumerate(tree.nodes[1:], 1):
+        path, j = [], node.parent
+        while j >= 0:
+            path.append(got[j])
+            j = tree.nodes[j].parent
+        want = ref_topk(heads, proj, emb_arr.astype(np.float64), h.astype(np.float64), path[::-1], node.depth - 1, 3)
+        assert got[i] == want[node.path[-1]], (node.path, got[i], want)
+    # off-chain nodes differ from what conditioning on the top-1 chain would give
+    chain_cand = drafter.propose(h, np.array([21]), 3)
+    assert any(got[i] != chain_cand[n.depth - 1][n.path[-1]] for i, n in enumerate(tree.nodes[1:], 1) if any(n.path[:-1]))
+    plain = make(rng, cond=False)
+    pd = HeadsDrafter(plain, plain.engine(None, H, V, "f32", backbone_proj=proj))
+    assert pd.fill(h, np.array([21]), tree, 3) == tree.tokens(21, pd.propose(h, np.array([21]), 3))
+
+
 def test_engine_adds_token_terms_before_silu():
     rng = np.random.default_rng(1)
     heads = make(rng)

@@ -38,7 +38,7 @@ def test_untrained_heads_greedy_identical(model_path, reference):
     llm = medusa(model_path, random_heads(), choices="small")
     assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
     st = llm.medusa_stats
-    assert st.steps > 0 and st.tokens == len(ref) - 1 and len(st.head_acceptance) == 3
+    assert st.steps > 0 and st.tokens == len(ref) - 1 and len(st.head_acceptance) >= 3  # + lookup depths
 
 
 @pytest.mark.parametrize("user", PROMPTS)
@@ -251,3 +251,37 @@ def test_shipped_conditioned_heads_on_a_fixed_tree(model_path, reference):
     assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
     st = llm.medusa_stats
     assert st.mean_accepted > 1.2 and st.head_acceptance[0] > 0.2, st
+
+
+REPEAT_PROMPT = "Write an HTML page with a table of five fruits and their colors."
+
+
+@pytest.mark.parametrize("choices", ["small", []])
+def test_lookup_branch_identical_and_accepted(model_path, reference, choices):
+    """The context-lookup branch grafted onto the tree (and, with no heads tree at all, on its own): greedy
+    identical to stock, its nodes accepted on a repetitive answer (untrained heads accept almost nothing here);
+    with medusa_lookup=0 no lookup node is proposed."""
+    pt, ref = reference(REPEAT_PROMPT, 96)
+    llm = medusa(model_path, random_heads(), choices=choices, medusa_lookup=8)
+    assert medusa_tokens(llm, pt, 96, temp=0.0) == ref
+    st = llm.medusa_stats
+    assert st.lookup_accepted > 20 and st.mean_accepted > 1.4, st
+    off = medusa(model_path, random_heads(), choices=choices or "small", medusa_lookup=0)
+    assert medusa_tokens(off, pt, 96, temp=0.0) == ref
+    assert off.medusa_stats.lookup_nodes == 0 and off.medusa_stats.mean_accepted < st.mean_accepted
+    with pytest.raises(ValueError, match="medusa_lookup must be an integer >= 0"):
+        medusa(model_path, random_heads(), medusa_lookup=-1, n_ctx=256)
+
+
+def test_shipped_heads_best_tree_with_lookup(model_path, reference):
+    """The acceptance configuration of the bench (a greedy tree of 52 nodes from the shipped heads' accuracies,
+    every node conditioned on its own path, plus the lookup branch): identical to stock, over 2 tokens per pass."""
+    from llama_medusa import autotree
+    from llama_medusa.shipped import default_heads_path
+
+    heads = MedusaHeads.load(default_heads_path(model_path))
+    tree = [p for p, _ in autotree.grow_tree(autotree.accuracy_table_of(heads, 10), 52)]
+    pt, ref = reference(PROMPTS[2], 128)
+    llm = Llama(model_path, medusa_heads=heads, medusa_choices=tree, verbose=False, n_ctx=N_CTX, **THREADS)
+    assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
+    assert llm.medusa_stats.mean_accepted > 2.0, llm.medusa_stats

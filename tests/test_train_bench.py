@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import llama_cpp  # before numpy (see conftest)
 import numpy as np
 import pytest
 
@@ -83,11 +84,29 @@ def test_bench_json_fields(model_path, tmp_path):
     s = json.loads(out.read_text())
     for key in ("machine", "model", "heads", "tree", "verify_cost_ms", "verify_cost_ratio", "speedup_median",
                 "mean_accepted", "head_acceptance", "all_identical", "prompts", "lookup_speedup_median",
-                "time_split_ms", "overhead_fraction"):
+                "time_split_ms", "overhead_fraction", "tokens_per_pass", "lookup", "divergences"):
         assert key in s, key
+    assert s["divergences"] == [] and s["lookup"] == 8
     assert s["all_identical"] and len(s["prompts"]) == 2
     assert {"read_GBps", "f32_GFLOPs", "cpu"} <= set(s["machine"])
     assert "speedup" in r.stdout and "identical" in r.stdout
+
+
+def test_divergence_reports_the_first_difference_and_stock_margin(stock):
+    """The bench's near-tie evidence: where two runs first differ, and stock's top-2 logit gap there."""
+    from llama_medusa.bench import divergence
+
+    ids = stock.tokenize(b"The capital of France is Paris. The capital of Italy is")
+    assert divergence(stock, ids, list(ids)) is None
+    other = list(ids)
+    other[7] = ids[7] + 1
+    d = divergence(stock, ids, other)
+    assert d["position"] == 7 and d["stock_token"] == ids[7] and d["other_token"] == ids[7] + 1
+    stock.reset()
+    stock.eval(ids[:7])  # stock's logits after the common prefix
+    row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(stock._ctx.ctx, -1), shape=(stock.n_vocab(),))
+    top = np.sort(row.astype(np.float64))[-2:]
+    assert d["top2_gap"] == pytest.approx(top[1] - top[0]) and d["top2_gap"] > 0
 
 
 def test_cli_bad_inputs(model_path, tmp_path):

@@ -34,3 +34,39 @@ def test_chain_and_errors():
         Tree("mc_sim_7b_63", top_k=5)
     with pytest.raises(ValueError, match="ranks >= 0"):
         Tree([(-1,)])
+
+
+def test_grafted_lookup_branch():
+    """A lookup chain hung below a node: it sorts after the heads' candidates there (the top-1 chain stays first
+    in the batch), keeps the tree prefix-closed, adds one leaf, and maps every old node to its new row."""
+    from llama_medusa import lookup
+
+    t = Tree([(0,), (1,), (0, 0), (0, 1)])
+    toks = t.tokens(5, [[10, 11], [20, 21]])  # root 5; 10 -> (20, 21); 11
+    at, matched = lookup.graft_point(t, toks, [10, 21, 30, 31])
+    assert (t.nodes[at].path, matched) == ((0, 1), 2)
+    g, old_rows, chain_rows = t.grafted(at, 2)
+    assert len(g) == len(t) + 2 and g.n_leaves == t.n_leaves and g.depth == 4
+    assert [g.nodes[j].path for j in old_rows] == [n.path for n in t.nodes]
+    assert [n.path for n in g.nodes[:3]] == [(), (0,), (0, 0)]  # the heads' top-1 chain first
+    for j in chain_rows:
+        assert g.nodes[j].parent in old_rows + chain_rows and g.nodes[j].parent < j
+    at0, m0 = lookup.graft_point(t, toks, [12, 13])  # leaves the tree at the root
+    g0, _, rows0 = t.grafted(at0, 2)
+    assert m0 == 0 and g0.n_leaves == t.n_leaves + 1 and rows0 == [len(t), len(t) + 1]  # last in the batch
+    assert t.grafted(at, 2)[0] is g  # cached
+
+
+def test_lookup_finds_what_llama_cpp_python_finds():
+    """lookup.propose is llama-cpp-python's prompt-lookup search (n-grams 3..1, earliest match), vectorised."""
+    import numpy as np
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    from llama_medusa import lookup
+
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        ids = rng.integers(0, 2 + trial % 12, size=int(rng.integers(1, 60))).astype(np.intc)
+        want = LlamaPromptLookupDecoding.find_candidate_pred_tokens(ids, lookup.MAX_NGRAM, 8).tolist()
+        assert lookup.propose(ids, 8) == (want if len(ids) >= 2 else []), ids
+    assert lookup.propose(np.array([1, 2, 3, 1, 2]), 0) == []

@@ -4,8 +4,8 @@ Expected tokens per step of a tree = 1 + sum over its nodes of the product of ac
 (Medusa's explore_graph model: head d's rank-r candidate is right with probability acc[d][r], independently).
 Adding the best frontier node first keeps every size's tree optimal for that model (children never beat their
 parents when acc falls with rank). Each size n is priced with the backbone's measured verify cost t(n+1) plus
-the heads' measured time; the best size wins, and if none beats plain decoding (1 token per t(1)) the decoder
-decodes plainly. The verify cost curve is measured once per model, thread count and CPU and cached.
+the heads' measured time; the best size wins, and if none beats plain decoding (1 token per t(1)) by MIN_GAIN
+the decoder decodes plainly. The verify cost curve is measured once per model, thread count and CPU and cached.
 """
 from __future__ import annotations
 
@@ -42,12 +42,10 @@ def rank_accuracy(cumulative: Sequence[Sequence[float]]) -> np.ndarray:
     return np.diff(np.concatenate([np.zeros((c.shape[0], 1)), c], axis=1), axis=1).clip(min=0.0)
 
 
-def grow_tree(acc: np.ndarray, max_nodes: int, chain_branching: bool = False) -> List[Tuple[Tuple[int, ...], float]]:
-    """Nodes in the order the greedy construction adds them, each with its path probability.
-
-    chain_branching: only the top-1 chain gets children (token-conditioned heads: a deeper head's candidates are
-    conditioned on the top-1 drafts before it, so they fit no other branch; acc[d] is then head d's accuracy
-    given that the chain before it was right, which makes the path products exact for these trees)."""
+def grow_tree(acc: np.ndarray, max_nodes: int) -> List[Tuple[Tuple[int, ...], float]]:
+    """Nodes in the order the greedy construction adds them, each with its path probability. For
+    token-conditioned heads acc[d] is head d's accuracy given that the path before it was right, and every node
+    is conditioned on its own path (HeadsDrafter.fill), so the products hold for any tree."""
     n_heads, top_k = acc.shape
     frontier = {(r,): acc[0, r] for r in range(top_k)}
     chosen: List[Tuple[Tuple[int, ...], float]] = []
@@ -55,7 +53,7 @@ def grow_tree(acc: np.ndarray, max_nodes: int, chain_branching: bool = False) ->
         path = max(frontier, key=lambda p: (frontier[p], [-x for x in p]))
         prob = frontier.pop(path)
         chosen.append((path, prob))
-        if len(path) < n_heads and not (chain_branching and any(path)):
+        if len(path) < n_heads:
             for r in range(top_k):
                 frontier[path + (r,)] = prob * acc[len(path), r]
     return chosen
@@ -72,34 +70,70 @@ def interpolate(cost: Dict[int, float], T: int) -> float:
     return cost[lo] + (cost[hi] - cost[lo]) * (T - lo) / (hi - lo)
 
 
-def choose(acc: np.ndarray, cost: Dict[int, float], t_heads, max_nodes: int = 62, min_gain: float = 1.0,
-           chain_branching: bool = False):
-    """Best tree for this accuracy table and cost curve. t_heads: seconds of one heads evaluation, or a list of
-    them by tree depth (heads_time).
+class HeadsCost:
+    """Seconds a drafter needs to fill a tree. Plain heads and propose-only drafters: one evaluation whatever the
+    tree (`fixed`). Token-conditioned heads evaluate head d once per depth-d node that has children, a depth per
+    engine call: per_call x depth + per_row x parents."""
+
+    def __init__(self, fixed: float = 0.0, per_call: float = 0.0, per_row: float = 0.0):
+        self.fixed, self.per_call, self.per_row = fixed, per_call, per_row
+
+    def __call__(self, paths: Sequence[Sequence[int]]) -> float:
+        if not paths:
+            return 0.0
+        depth = max(len(p) for p in paths)
+        parents = len({tuple(p[:-1]) for p in paths})
+        return self.fixed + self.per_call * depth + self.per_row * parents
+
+    def as_dict(self) -> dict:
+        return {"fixed_s": self.fixed, "per_call_s": self.per_call, "per_row_s": self.per_row}
+
+
+# A tree must promise this much over plain decoding to be used: the model leaves out the decoder's per-step Python
+# time (0.5-1 ms a step on the 2-core CPUs) and the cost curve's own noise (a few %), and a tree predicted at 1.00x
+# measured 0.94x on F16 (BENCHMARKS.md, session 5).
+MIN_GAIN = 1.05
+
+# Python time of one speculative step beyond the verify pass and the heads (the sampler walk, KV cache edits, the
+# lookup search, stats): 0.8-1.4 ms measured on the 2-core CPUs (bench time split, sampling + bookkeeping per step),
+# which plain decoding through stock's loop mostly does not pay. Priced into every tree, so a tree must beat it.
+STEP_OVERHEAD_S = 0.8e-3
+
+
+def choose(acc: np.ndarray, cost: Dict[int, float], t_heads, max_nodes: int = 62, min_gain: float = MIN_GAIN,
+           step_overhead: float = STEP_OVERHEAD_S):
+    """Best tree for this accuracy table and cost curve. t_heads: seconds of one heads evaluation, or a
+    HeadsCost (heads_time).
 
     Returns dict: choices (list of paths; [] = plain decoding), predicted_speedup over plain decoding,
-    expected_tokens, perfect_bound (speedup of perfect heads on this cost curve), and the whole size sweep."""
-    nodes = grow_tree(acc, max_nodes, chain_branching)
+    expected_tokens, heads_s (the chosen tree's heads time), step_overhead_s, perfect_bound (speedup of perfect
+    heads on this cost curve), and the whole size sweep. Plain decoding is priced at t(1) alone (stock's loop);
+    every tree pays the heads and the decoder's per-step overhead too."""
+    nodes = grow_tree(acc, max_nodes)
+    heads_cost = t_heads if callable(t_heads) else HeadsCost(fixed=float(t_heads))
     t1 = cost[1]
-    heads_s = (lambda depth: t_heads[depth - 1]) if isinstance(t_heads, (list, tuple)) else (lambda depth: t_heads)
     sweep = []
     expected = 1.0
-    depth = 0
     for n in range(0, len(nodes) + 1):
         if n:
             expected += nodes[n - 1][1]
-            depth = max(depth, len(nodes[n - 1][0]))
-        step = interpolate(cost, n + 1) + (heads_s(depth) if n else 0.0)
-        sweep.append({"nodes": n, "expected_tokens": expected, "step_s": step, "speedup": expected * t1 / step})
+        h = heads_cost([p for p, _ in nodes[:n]])
+        step = interpolate(cost, n + 1) + (h + step_overhead if n else 0.0)
+        sweep.append({"nodes": n, "expected_tokens": expected, "step_s": step, "heads_s": h,
+                      "speedup": expected * t1 / step})
     best = max(sweep, key=lambda s: s["speedup"])
     n_heads = acc.shape[0]
-    perfect = max((d + 1) * t1 / (interpolate(cost, d + 1) + (heads_s(d) if d else 0.0)) for d in range(n_heads + 1))
+    chain_cost = [heads_cost([(0,) * j for j in range(1, d + 1)]) + step_overhead if d else 0.0
+                  for d in range(n_heads + 1)]
+    perfect = max((d + 1) * t1 / (interpolate(cost, d + 1) + chain_cost[d]) for d in range(n_heads + 1))
     if best["speedup"] < min_gain:
         best = sweep[0]
     return {
         "choices": [list(p) for p, _ in nodes[: best["nodes"]]],
         "predicted_speedup": best["speedup"],
         "expected_tokens": best["expected_tokens"],
+        "heads_s": best["heads_s"],
+        "step_overhead_s": step_overhead,
         "perfect_bound": perfect,
         "sweep": sweep,
     }
@@ -119,7 +153,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 5, use_cache: bool = True) -> Dict[int, float]:
+def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 7, use_cache: bool = True) -> Dict[int, float]:
     """Median seconds of one verify pass of T tokens on this backbone (llm._measure_verify), cached per model
     file, thread counts, GPU layers and CPU."""
     from .models import cache_dir
@@ -165,15 +199,17 @@ def time_llama_decode(llm, sizes: Sequence[int], repeats: int) -> Dict[int, floa
         llama_cpp.llama_set_embeddings(ctx, False)
         decode(prefix, 0, False)
         llama_cpp.llama_set_embeddings(ctx, True)
-        out = {}
-        for T in sizes:
-            times = []
-            for _ in range(repeats + 1):  # the first run warms the graph for this size
+        times: Dict[int, List[float]] = {T: [] for T in sizes}
+        # sizes interleaved, round after round: a slow spell on this shared machine hits all sizes alike instead
+        # of skewing one size's median (t(2)/t(1) read 1.00 and 1.20 in two sequential runs here)
+        for rnd in range(repeats + 1):  # round 0 warms each size's graph
+            for T in sizes:
                 llama_cpp.llama_memory_seq_rm(mem, -1, len(prefix), -1)
                 t0 = time.perf_counter()
                 decode([prefix[i % len(prefix)] for i in range(T)], len(prefix), True)
-                times.append(time.perf_counter() - t0)
-            out[T] = statistics.median(times[1:])
+                if rnd:
+                    times[T].append(time.perf_counter() - t0)
+        out = {T: statistics.median(v) for T, v in times.items()}
     finally:
         llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
@@ -182,39 +218,51 @@ def time_llama_decode(llm, sizes: Sequence[int], repeats: int) -> Dict[int, floa
     return out
 
 
-def heads_time(drafter, n_embd: int, top_k: int, repeats: int = 5):
-    """Median seconds of one propose(); for HeadsDrafter a list indexed by tree depth - 1 (heads below the tree's
-    depth are skipped, and token-conditioned heads run one after another, so the time grows with the depth)."""
+def heads_time(drafter, n_embd: int, top_k: int, repeats: int = 5) -> HeadsCost:
+    """The drafter's measured time model (HeadsCost): for token-conditioned heads from two trees (one call of one
+    row; two calls of 1 + 8 rows), else the median time of one propose()."""
+    from .tree import Tree
+
     h = np.random.default_rng(0).standard_normal(n_embd).astype(np.float32)
 
-    def median_time():
+    def median_time(fn):
         times = []
         for i in range(repeats):  # a new root each time: token-conditioned heads pay their embedding rows uncached
             t0 = time.perf_counter()
-            drafter.propose(h, np.array([i], np.int32), top_k)
+            fn(np.array([i], np.int32))
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    if not hasattr(drafter, "max_depth"):
-        return median_time()
+    heads = getattr(drafter, "heads", None)
+    if heads is None or not heads.conditioned:
+        return HeadsCost(fixed=median_time(lambda root: drafter.propose(h, root, top_k)))
     keep = drafter.max_depth
+    drafter.max_depth = drafter.n_heads
     try:
-        out = []
-        for d in range(1, drafter.n_heads + 1):
-            drafter.max_depth = d
-            out.append(median_time())
-        return out
+        one = Tree("chain-1")
+        wide = Tree([(r,) for r in range(8)] + [(r, 0) for r in range(8)])
+        t_one = median_time(lambda root: drafter.fill(h, root, one, top_k))
+        t_wide = median_time(lambda root: drafter.fill(h, root, wide, top_k))
     finally:
         drafter.max_depth = keep
+    per_row = max((t_wide - 2 * t_one) / 7, 0.0)  # t_one = call + row, t_wide = 2 calls + 9 rows
+    return HeadsCost(per_call=max(t_one - per_row, 0.0), per_row=per_row)
 
 
 def accuracy_table(drafter, top_k: int) -> np.ndarray:
     """The drafter's per-rank hit rates: measured ones from its heads file, else the prior."""
     heads = getattr(drafter, "heads", None)
-    cum: Optional[list] = heads.meta.get("top_k_accuracy") if heads is not None else None
+    if heads is None:
+        return prior_accuracy(drafter.n_heads, top_k)
+    return accuracy_table_of(heads, top_k)
+
+
+def accuracy_table_of(heads, top_k: int) -> np.ndarray:
+    """Per-rank hit rates of a MedusaHeads: the measured ones stored in its file, else the prior."""
+    cum: Optional[list] = heads.meta.get("top_k_accuracy")
     if cum:
         acc = rank_accuracy(cum)
         if acc.shape[1] < top_k:
             acc = np.pad(acc, ((0, 0), (0, top_k - acc.shape[1])))
-        return acc[: drafter.n_heads, :top_k]
-    return prior_accuracy(drafter.n_heads, top_k)
+        return acc[: heads.n_heads, :top_k]
+    return prior_accuracy(heads.n_heads, top_k)

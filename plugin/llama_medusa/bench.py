@@ -44,6 +44,25 @@ def roofline(seconds: float = 0.5) -> Dict[str, float]:
     return {"read_GBps": a.nbytes / best / 1e9, "f32_GFLOPs": 2 * 1024**3 / t_mm / 1e9}
 
 
+def divergence(stock, stock_ids: List[int], other_ids: List[int]) -> Optional[dict]:
+    """Where two greedy runs first differ and how close stock's own choice was there: the gap between stock's two
+    best logits at that position (prefix re-evaluated by stock). A gap of the order of the backbone's batch-vs-single
+    rounding (F16 on CPU: ~0.03) is a near-tie, not a bug."""
+    import llama_cpp
+    import numpy as np
+
+    i = next((j for j, (a, b) in enumerate(zip(stock_ids, other_ids)) if a != b), None)
+    if i is None:
+        return None
+    stock.reset()
+    stock.eval(stock_ids[:i])
+    ptr = llama_cpp.llama_get_logits_ith(stock._ctx.ctx, -1)  # stock keeps no scores without logits_all
+    row = np.ctypeslib.as_array(ptr, shape=(stock.n_vocab(),)).astype(np.float64)
+    top = np.argsort(-row)[:2]
+    return {"position": i, "stock_token": int(stock_ids[i]), "other_token": int(other_ids[i]),
+            "top2_gap": float(row[top[0]] - row[top[1]])}
+
+
 def _timed_chat(llm, prompt: str, max_tokens: int):
     t0 = time.perf_counter()
     r = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
@@ -55,7 +74,7 @@ def _timed_chat(llm, prompt: str, max_tokens: int):
 def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts: Optional[List[str]] = None,
               max_tokens: int = 128, runs: int = 3, choices="auto", n_threads: Optional[int] = None,
               n_threads_batch: Optional[int] = None, n_ctx: int = 2048, peer: bool = True,
-              sweep: Sequence = (), log=print, n_gpu_layers: int = 0) -> dict:
+              sweep: Sequence = (), log=print, n_gpu_layers: int = 0, lookup: int = 8) -> dict:
     import llama_cpp
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
@@ -79,7 +98,7 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
             g = gpu.module()
             roof.update(gpu=g.device_name(), gpu_copy_GBps=g.copy_bandwidth(1 << 30, 20) / 1e9)
     engines = {"stock": llama_cpp.Llama(model, **common)}
-    med = Llama(model, medusa_heads=heads, medusa_choices=choices, **common)
+    med = Llama(model, medusa_heads=heads, medusa_choices=choices, medusa_lookup=lookup, **common)
     engines["medusa"] = med
     if peer:
         engines["lookup"] = llama_cpp.Llama(model, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=4),
@@ -89,10 +108,12 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
     for i, p in enumerate(prompts):
         times = {k: [] for k in engines}
         texts, ntok, stats = {}, {}, []
+        ids = {}
         for _ in range(runs):
             for name, llm in engines.items():
                 texts[name], ntok[name], dt = _timed_chat(llm, p, max_tokens)
                 times[name].append(dt)
+                ids[name] = [int(t) for t in llm.input_ids[: llm.n_tokens]]
             stats.append(med.medusa_stats)
         st = stats[-1]
         row = {"prompt": p, "tokens": ntok["stock"],
@@ -100,10 +121,13 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         for name in engines:
             row[f"{name}_tok_s"] = ntok[name] / statistics.median(times[name])
         row["speedup"] = row["medusa_tok_s"] / row["stock_tok_s"]
+        if not row["identical"]:
+            row["divergence"] = divergence(engines["stock"], ids["stock"], ids["medusa"])
         if peer:
             row["lookup_speedup"] = row["lookup_tok_s"] / row["stock_tok_s"]
             row["lookup_identical"] = texts["lookup"] == texts["stock"]
-        row.update(mean_accepted=st.mean_accepted, head_acceptance=st.head_acceptance,
+        row.update(mean_accepted=st.mean_accepted, head_acceptance=st.head_acceptance, steps=st.steps,
+                   medusa_tokens=st.tokens, lookup_nodes=st.lookup_nodes, lookup_accepted=st.lookup_accepted,
                    time_split_ms={"verify": st.time_verify * 1e3, "heads": st.time_heads * 1e3,
                                   "sample": st.time_sample * 1e3, "bookkeeping": st.time_bookkeeping * 1e3})
         rows.append(row)
@@ -117,16 +141,18 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         "machine": {"cpu": autotree.cpu_name(), "cores": os.cpu_count(), **roof},
         "model": os.path.basename(model), "heads": os.path.basename(str(heads)),
         "choices": choices if isinstance(choices, str) else "custom",
-        "tree": tree.choices, "tree_nodes": len(tree), "runs": runs, "max_tokens": max_tokens,
+        "tree": tree.choices, "tree_nodes": len(tree), "lookup": lookup, "runs": runs, "max_tokens": max_tokens,
         "verify_cost_ms": {str(k): v * 1e3 for k, v in cost.items()},
         "verify_cost_ratio": {str(k): v / cost[1] for k, v in cost.items()},
         "speedup_median": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
         "mean_accepted": statistics.mean(r["mean_accepted"] for r in rows),
+        "tokens_per_pass": sum(r["medusa_tokens"] for r in rows) / max(sum(r["steps"] for r in rows), 1),
         "head_acceptance": [statistics.mean(r["head_acceptance"][d] for r in rows if d < len(r["head_acceptance"]))
                             for d in range(n_heads)],
         "time_split_ms": split,
         "overhead_fraction": (split["heads"] + split["sample"] + split["bookkeeping"]) / max(sum(split.values()), 1e-9),
         "all_identical": all(r["identical"] for r in rows),
+        "divergences": [dict(r["divergence"], prompt=r["prompt"]) for r in rows if r.get("divergence")],
         "prompts": rows,
     }
     if med.medusa_auto:
@@ -138,29 +164,40 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
     if sweep:
         n_heads_loaded = med._medusa.drafter.n_heads
         summary["sweep"] = run_sweep(model, heads, prompts, max_tokens, sweep, common, engines["stock"],
-                                     n_heads_loaded, log)
+                                     n_heads_loaded, log, lookup)
     return summary
 
 
-def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, log) -> List[dict]:
-    """Tokens/s of each candidate tree on the same prompts (one run each), beside stock, for checking "auto".
-    Trees are cut to the depth the loaded heads can fill."""
+def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, log, lookup: int = 8) -> List[dict]:
+    """Tokens/s and tokens per pass of each candidate tree on the same prompts (one run each), beside stock, for
+    checking "auto" and for the acceptance of the best tree. An entry is a tree (preset, list of paths, or
+    "grown-N": the greedy tree of N nodes from the heads' accuracies) or (tree, lookup tokens); trees are cut to
+    the depth the loaded heads can fill."""
+    from . import autotree
+    from .heads import MedusaHeads
     from .llama import Llama
     from .tree import resolve_choices
 
     out = []
     base = sum(_timed_chat(stock, p, max_tokens)[2] for p in prompts)
-    for choice in trees:
-        paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]
-        llm = Llama(model, medusa_heads=heads, medusa_choices=paths, **common)
-        total, toks, steps = 0.0, 0, 0
+    for entry in trees:
+        choice, lk = entry if isinstance(entry, tuple) else (entry, lookup)
+        if isinstance(choice, str) and choice.startswith("grown-"):
+            acc = autotree.accuracy_table_of(MedusaHeads.load(heads), 10)
+            paths = [p for p, _ in autotree.grow_tree(acc, int(choice[6:]))]
+        else:
+            paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]
+        llm = Llama(model, medusa_heads=heads, medusa_choices=paths, medusa_lookup=lk, **common)
+        total, toks, steps, same = 0.0, 0, 0, True
         for p in prompts:
-            total += _timed_chat(llm, p, max_tokens)[2]
+            text, _, dt = _timed_chat(llm, p, max_tokens)
+            total += dt
             toks, steps = toks + llm.medusa_stats.tokens, steps + llm.medusa_stats.steps
-        name = choice if isinstance(choice, str) else f"{len(choice)} nodes"
-        out.append({"tree": name, "nodes": len(llm.medusa_tree), "speedup": base / total,
-                    "mean_accepted": toks / max(steps, 1)})
-        log(f"sweep {name}: {base / total:.2f}x, {toks / max(steps, 1):.2f} tokens/pass")
+            same = same and text == _timed_chat(stock, p, max_tokens)[0]
+        name = (choice if isinstance(choice, str) else f"{len(paths)} nodes") + (f" +lookup {lk}" if lk else "")
+        out.append({"tree": name, "nodes": len(llm.medusa_tree), "lookup": lk, "speedup": base / total,
+                    "mean_accepted": toks / max(steps, 1), "identical": same})
+        log(f"sweep {name}: {base / total:.2f}x, {toks / max(steps, 1):.2f} tokens/pass, identical={same}")
     return out
 
 
@@ -183,9 +220,12 @@ def format_table(s: dict) -> str:
     lines += [
         "",
         f"speedup median {s['speedup_median']:.2f}x (min {s['speedup_min']:.2f}, max {s['speedup_max']:.2f}); "
-        f"mean accepted {s['mean_accepted']:.2f} tokens/pass; per-head acceptance "
+        f"mean accepted {s['mean_accepted']:.2f} tokens/pass ({s['tokens_per_pass']:.2f} over all passes; lookup "
+        f"branch up to {s['lookup']} tokens); acceptance by tree depth "
         + ", ".join(f"{a:.2f}" for a in s["head_acceptance"]),
         f"outputs identical to stock: {'all' if s['all_identical'] else 'NOT all'}",
+        *[f"  differs at token {d['position']} (prompt + answer): stock's top-2 logit gap there {d['top2_gap']:.4f} "
+          f"({d['prompt'][:40]!r})" for d in s["divergences"]],
         "time split (all prompts, last run): " + ", ".join(f"{k} {v:.0f} ms" for k, v in s["time_split_ms"].items())
         + f"; heads + Python bookkeeping = {s['overhead_fraction']:.0%} of the speculative time",
     ]
@@ -196,8 +236,8 @@ def format_table(s: dict) -> str:
         lines.append(f"peer: llama-cpp-python prompt-lookup speculation {s['lookup_speedup_median']:.2f}x median, "
                      f"identical {'all' if s['lookup_all_identical'] else 'NOT all'}")
     for w in s.get("sweep", []):
-        lines.append(f"sweep: {w['tree']:>14s} ({w['nodes']:2d} nodes) {w['speedup']:.2f}x, "
-                     f"{w['mean_accepted']:.2f} tokens/pass")
+        lines.append(f"sweep: {w['tree']:>24s} ({w['nodes']:2d} nodes) {w['speedup']:.2f}x, "
+                     f"{w['mean_accepted']:.2f} tokens/pass" + ("" if w["identical"] else ", output NOT identical"))
     return "\n".join(lines)
 
 
@@ -209,7 +249,7 @@ def main(args) -> int:
     s = run_bench(model=args.model, heads=args.heads, prompts=prompts, max_tokens=args.max_tokens, runs=args.runs,
                   choices=args.choices, n_threads=args.threads, n_threads_batch=args.threads_batch,
                   peer=not args.no_peer, sweep=sweep, log=lambda msg: print(msg, file=sys.stderr),
-                  n_gpu_layers=args.n_gpu_layers)
+                  n_gpu_layers=args.n_gpu_layers, lookup=args.lookup)
     print(format_table(s))
     if args.json:
         with open(args.json, "w") as f:
@@ -219,10 +259,13 @@ def main(args) -> int:
     return 0 if s["all_identical"] else 1
 
 
+# Trees the sweep tries, each with the lookup branch (ungated: a fixed tree has no cost curve), then chain-1 and
+# the biggest without it (heads alone) and lookup alone.
+# "grown-52": the greedy tree from the heads' accuracies, 52 nodes leaving room in a 63-token batch for 8 lookup
+# tokens and 3 re-decoded ones.
 SWEEP_TREES = ("chain-1", "chain-2", "chain-3", "small", [[0], [1], [0, 0], [2], [0, 1], [1, 0], [0, 0, 0], [3],
-                [0, 2], [1, 1], [2, 0], [0, 0, 1], [4], [0, 3], [0, 0, 0, 0]], "mc_sim_7b_63",
-               # the widest tree for token-conditioned heads: ten candidates below each node of the top-1 chain
-               [(0,) * d + (r,) for d in range(4) for r in range(10)])
+                [0, 2], [1, 1], [2, 0], [0, 0, 1], [4], [0, 3], [0, 0, 0, 0]], "mc_sim_7b_63", "grown-52",
+               ("chain-1", 0), ("grown-52", 0), ([], 8))
 
 
 def plot(s: dict, path: str) -> None:

@@ -222,7 +222,7 @@ class BitnetLlama(Llama):
 
     def _pending(self):
         kv = self._bitnet.n_past
-        if self.n_tokens - kv > self._medusa.tree.depth:  # tokens pushed with send(): decode them first
+        if self.n_tokens - kv > self._medusa.max_depth:  # tokens pushed with send(): decode them first
             self.eval([])
             kv = self.n_tokens
         return kv, [int(t) for t in self.input_ids[kv : self.n_tokens]]

@@ -17,6 +17,8 @@ def main(argv=None) -> int:
     b.add_argument("--runs", type=int, default=3, help="runs per prompt; the median is reported")
     b.add_argument("--choices", default="auto", help="tree: auto (default), small, mc_sim_7b_63, chain-N")
     b.add_argument("--sweep", action="store_true", help="also time a set of fixed trees, to check what auto chose")
+    b.add_argument("--lookup", type=int, default=8,
+                   help="most tokens of the context-lookup branch grafted onto each tree (0: heads alone)")
     b.add_argument("--no-peer", action="store_true", help="skip llama-cpp-python's prompt-lookup speculation column")
     b.add_argument("--plot", help="draw tokens/s, acceptance and the cost curve to this PNG (needs matplotlib)")
     b.add_argument("--threads", type=int, default=None, help="single-token decode threads (llama-cpp-python's default)")

@@ -1,7 +1,8 @@
-"""What proposes candidate tokens for the tree. The decoder only needs `propose`; heads are the usual drafter."""
+"""What proposes candidate tokens for the tree. The decoder needs `propose` (the top-k of each head, which fills a
+tree by rank) or `fill` (a token for every node of a given tree); heads are the usual drafter."""
 from __future__ import annotations
 
-from typing import Dict, Protocol
+from typing import Dict, List, Protocol
 
 import numpy as np
 
@@ -19,10 +20,11 @@ class HeadsDrafter:
     """Medusa heads evaluated by the native engine: head d proposes the token d+1 places after the root.
 
     Token-conditioned heads (``heads.cond``) also see the embeddings of the tokens between the hidden state and
-    their target: the root (just sampled by the backbone, so known) and the top-1 drafts of the heads before them.
-    They are evaluated one head at a time, the engine adding U . embedding(token) to each first block's
-    pre-activation; the candidates of head d are those of the top-1 chain's prefix (auto's trees branch only
-    there). `max_depth` (set by Llama to its tree's depth) skips heads the tree never reads."""
+    their target: the root (just sampled by the backbone, so known) and the drafts before it. In a tree every node
+    is conditioned on its own path (Hydra's sequential dependence): the children of the depth-d nodes come from
+    head d evaluated once per such node, all of a depth in one engine call, the engine adding U . embedding(token)
+    to each first block's pre-activation. `propose` conditions on the top-1 chain (training's accuracy pass);
+    `max_depth` (set by Llama to its tree's depth) skips heads the tree never reads."""
 
     def __init__(self, heads, engine, embedding=None):
         self.heads = heads
@@ -44,6 +46,30 @@ class HeadsDrafter:
             ids, _ = self.engine.topk(hidden.reshape(1, -1), k)
             return self.heads.token_ids(ids[0])
         return self.propose_rows(hidden.reshape(1, -1), np.asarray(tokens[-1:], dtype=np.int64), k)[0]
+
+    def fill(self, hidden: np.ndarray, tokens: np.ndarray, tree, k: int) -> List[int]:
+        """The token of every node of `tree` (root = tokens[-1]): plain heads fill it by rank from one top-k
+        evaluation; token-conditioned heads give each parent's children from its own path."""
+        root = int(tokens[-1])
+        if not self.heads.conditioned:
+            return tree.tokens(root, self.propose(hidden, tokens, k))
+        out = [root] + [0] * (len(tree) - 1)
+        h = hidden.reshape(1, -1)
+        path_emb = {0: self._embed(np.array([root]))[None, :]}  # node -> embeddings of root..node
+        for d in range(min(tree.depth, self.n_heads)):
+            parents = [i for i in tree.levels[d] if tree.nodes[i].children]
+            if not parents:
+                break
+            emb = np.stack([path_emb[i] for i in parents])
+            ids, _ = self.engine.topk(np.repeat(h, len(parents), axis=0), k, head=d, emb=emb)
+            ids = self.heads.token_ids(ids[:, 0])
+            for row, i in enumerate(parents):
+                for c in tree.nodes[i].children:
+                    tok = int(ids[row, tree.nodes[c].path[-1]])
+                    out[c] = tok
+                    if tree.nodes[c].children:
+                        path_emb[c] = np.concatenate([path_emb[i], self._embed(np.array([tok]))[None, :]])
+        return out
 
     def propose_rows(self, hidden: np.ndarray, roots: np.ndarray, k: int) -> np.ndarray:
         """[n, n_heads, k] candidates for n (hidden state, root token) pairs at once (training's accuracy pass).

@@ -3,9 +3,10 @@
 Everything above generate() (completion, chat templates, streaming, stop strings, logprobs, grammar) is stock
 llama-cpp-python; this class changes how tokens are produced, not which ones:
 
-* Each step decodes [re-decoded tokens] + root + candidate tree in ONE batch. Every leaf of the tree is a llama.cpp
-  sequence; a node belongs to the sequences of the leaves below it, so the unified KV cache's per-cell sequence
-  sets give each node exactly its ancestors as context (llama-cpp-python's Llama cannot express this: it has no
+* Each step decodes [re-decoded tokens] + root + candidate tree (the heads' candidates, plus a branch looked up in
+  the context, lookup.py) in ONE batch. Every leaf of the tree is a llama.cpp sequence; a node belongs to the
+  sequences of the leaves below it, so the unified KV cache's per-cell sequence sets give each node exactly its
+  ancestors as context (llama-cpp-python's Llama cannot express this: it has no
   n_seq_max / kv_unified arguments, so the context is rebuilt here).
 * The sampler chain (greedy, dist, penalties, grammar, logits processors) samples at the root's batch row; if the
   sampled token is one of the node's children the walk descends and samples again there. Each real token is
@@ -31,8 +32,10 @@ import numpy as np
 import llama_cpp
 from llama_cpp import _internals as internals
 
+from . import lookup
 from .drafter import HeadsDrafter
 from .heads import MedusaHeads
+from .lookup import LookupGate
 from .stats import MedusaStats
 from .tree import Tree
 
@@ -61,6 +64,10 @@ class Llama(llama_cpp.Llama):
             and the GPU module is built and sees a device; else the CPU), "cpu" or "gpu".
         medusa_max_batch: most tokens in one verify batch (tree + re-decoded tokens). The default keeps CPU
             output bit-identical to stock; larger trees are cut (last depth-first nodes first).
+        medusa_lookup: most tokens of the context-lookup branch grafted onto each step's tree (lookup.py: the
+            continuation of the last n-gram's earlier occurrence in prompt + output); 0 turns it off. With "auto"
+            a step adds them only while they raise expected tokens per second, and none when no heads tree wins
+            (stock's loop runs then).
         posterior_threshold, posterior_alpha: opt-in typical acceptance (Medusa paper) at temperature > 0: a
             drafted child is accepted if p(child) > min(threshold, alpha * exp(-entropy)). Faster, but the output
             no longer follows the sampling distribution exactly. Ignored at temperature 0 and with a grammar.
@@ -93,6 +100,7 @@ class Llama(llama_cpp.Llama):
         medusa_proj_dtype: str = "i8",
         medusa_device: str = "auto",
         medusa_max_batch: int = EXACT_MAX_BATCH,
+        medusa_lookup: int = 8,
         posterior_threshold: Optional[float] = None,
         posterior_alpha: Optional[float] = None,
         **kwargs,
@@ -113,6 +121,8 @@ class Llama(llama_cpp.Llama):
             medusa_heads = self._embedded_heads()
         if medusa_heads is None:
             return
+        if not isinstance(medusa_lookup, int) or medusa_lookup < 0:
+            raise ValueError(f"medusa_lookup must be an integer >= 0 (tokens per lookup branch), got {medusa_lookup!r}")
         if (posterior_threshold is None) != (posterior_alpha is None):
             raise ValueError("typical acceptance needs both posterior_threshold and posterior_alpha")
         if self._is_recurrent or self._is_hybrid:
@@ -128,8 +138,14 @@ class Llama(llama_cpp.Llama):
             )
             drafter = HeadsDrafter(heads, engine, self._token_embedding() if heads.conditioned else None)
         self.medusa_auto = None
+        gate = LookupGate(medusa_lookup) if medusa_lookup else None
         if isinstance(medusa_choices, str) and medusa_choices == "auto":
             medusa_choices = self._auto_choices(drafter, n_embd, medusa_top_k or 10, medusa_max_batch)
+            a = self.medusa_auto
+            if not medusa_choices:
+                gate = None  # no tree wins: stock's own loop, which a lookup-only step's Python time would slow
+            elif gate is not None:
+                gate = LookupGate(medusa_lookup, a["cost_s"], a["expected_tokens"], a["heads_s"] + a["step_overhead_s"])
         tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
         if isinstance(drafter, HeadsDrafter):
             drafter.max_depth = max(tree.depth, 1)  # heads below the tree's depth are never read: skip them
@@ -140,8 +156,10 @@ class Llama(llama_cpp.Llama):
             n_embd=n_embd,
             typical=(posterior_threshold, posterior_alpha) if posterior_threshold is not None else None,
             max_batch=medusa_max_batch,
+            lookup=gate,
         )
-        self._prepare_context(n_seq=max(1, tree.n_leaves))
+        # a lookup branch adds at most one leaf (it hangs below one node as a chain)
+        self._prepare_context(n_seq=max(1, tree.n_leaves) + (gate is not None))
 
     def _heads_device(self, want: str, heads: MedusaHeads) -> str:
         if want not in ("auto", "cpu", "gpu"):
@@ -163,10 +181,8 @@ class Llama(llama_cpp.Llama):
         cost = autotree.cost_curve(self)
         acc = autotree.accuracy_table(drafter, top_k)
         t_heads = autotree.heads_time(drafter, n_embd, top_k)
-        heads = getattr(drafter, "heads", None)
-        self.medusa_auto = autotree.choose(acc, cost, t_heads, max_nodes=max_batch - 1 - drafter.n_heads,
-                                           chain_branching=heads is not None and heads.conditioned)
-        self.medusa_auto.update(cost_s=cost, heads_s=t_heads)
+        self.medusa_auto = autotree.choose(acc, cost, t_heads, max_nodes=max_batch - 1 - drafter.n_heads)
+        self.medusa_auto.update(cost_s=cost, heads_cost=t_heads.as_dict())
         return self.medusa_auto["choices"]
 
     # ------------------------------------------------------------------ the backbone (llama.cpp)
@@ -200,7 +216,7 @@ class Llama(llama_cpp.Llama):
     def _pending(self):
         """(kv, pending): the cache holds the first kv tokens; pending accepted tokens are decoded again first."""
         kv = min(self._kv_len(), self.n_tokens)
-        if self.n_tokens - kv > self._medusa.tree.depth:  # more than a step can re-decode (tokens pushed with send())
+        if self.n_tokens - kv > self._medusa.max_depth:  # more than a step can re-decode (tokens pushed with send())
             self.eval([])
             kv = self.n_tokens
         return kv, [int(t) for t in self.input_ids[kv : self.n_tokens]]
@@ -219,7 +235,7 @@ class Llama(llama_cpp.Llama):
             _put(b, n, node_tokens[i], P + node.depth, all_seqs if i == 0 else node.seqs)
             n += 1
         b.n_tokens = n
-        llama_cpp.llama_set_embeddings(self._ctx.ctx, True)
+        llama_cpp.llama_set_embeddings(self._ctx.ctx, m.need_hidden)
         rc = llama_cpp.llama_decode(self._ctx.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} while verifying a {n}-token tree")
@@ -289,7 +305,7 @@ class Llama(llama_cpp.Llama):
                 raise RuntimeError(f"Failed to set LoRA adapter from lora path: {self.lora_path}")
         m = self._medusa
         m.n_seq = n_seq
-        cap = len(m.tree) + m.tree.depth + 1
+        cap = len(m.tree) + m.lookup_tokens + m.max_depth + 1
         m.batch = self._stack.enter_context(
             contextlib.closing(internals.LlamaBatch(n_tokens=cap, embd=0, n_seq_max=n_seq, verbose=self.verbose))
         )
@@ -379,7 +395,8 @@ class Llama(llama_cpp.Llama):
             mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
             penalize_nl=penalize_nl, logits_processor=logits_processor, grammar=grammar,
         )
-        plain = self._medusa is None or len(self._medusa.tree) == 1  # no heads, or "auto" found no tree that wins
+        # no heads, or "auto" found no tree that wins and no lookup branch is tried
+        plain = self._medusa is None or (len(self._medusa.tree) == 1 and self._medusa.lookup is None)
         if plain and not self._own_plain_decoding:
             yield from super().generate(tokens, reset=reset, stopping_criteria=stopping_criteria, **sampling)
             return
@@ -390,7 +407,8 @@ class Llama(llama_cpp.Llama):
 
 
 class _MedusaState:
-    def __init__(self, drafter, tree: Tree, top_k: int, n_embd: int, typical, max_batch: int):
+    def __init__(self, drafter, tree: Tree, top_k: int, n_embd: int, typical, max_batch: int,
+                 lookup: Optional[LookupGate] = None):
         if max_batch < tree.depth + 1:
             raise ValueError(f"medusa_max_batch={max_batch} cannot hold even one path of the {tree.depth}-deep tree")
         self.max_batch = max_batch
@@ -402,7 +420,14 @@ class _MedusaState:
         self.n_seq = 1
         self.batch: Optional[internals.LlamaBatch] = None  # the llama.cpp verify batch
         self.base = 0  # batch row of the tree's root in the last verify pass
+        self.lookup = lookup
+        self.lookup_tokens = lookup.max_tokens if lookup is not None else 0
+        self.max_depth = max(tree.depth, self.lookup_tokens)  # deepest node a step can accept
+        self.need_hidden = len(tree) > 1  # the heads read final-norm states; a lookup-only step needs none
         self._limited = {}
+        fill = getattr(drafter, "fill", None)
+        self.fill = fill if fill is not None else (
+            lambda hidden, tokens, tree, k: tree.tokens(int(tokens[-1]), drafter.propose(hidden, tokens, k)))
 
     def tree_within(self, max_nodes: int, max_depth: int) -> Tree:
         """The tree cut to the first max_nodes nodes (depth-first, so still a tree) and max_depth levels."""
@@ -430,6 +455,8 @@ class _MedusaRun:
         self.temp = temp
         self.stats = MedusaStats()
         llm.medusa_stats = self.stats
+        if self.m.lookup is not None:
+            self.m.lookup.reset()  # hit rates are per text
         self.n_vocab = llm._n_vocab
 
     def _prefill(self) -> int:
@@ -505,16 +532,22 @@ class _MedusaRun:
         if room_nodes < 1 or P >= n_ctx:
             raise RuntimeError(f"llama_decode returned 1: the context window of {n_ctx} tokens is full")
 
-        # 1. candidates from the heads
-        tree = m.tree_within(min(room_nodes, m.max_batch - len(pending)), n_ctx - 1 - P)
+        # 1. candidates from the heads, then the context-lookup branch
+        room, deepest = min(room_nodes, m.max_batch - len(pending)), n_ctx - 1 - P
+        tree = m.tree_within(room, deepest)
+        llm.input_ids[P] = root
+        context = llm.input_ids[: P + 1]  # a view, no copy
         if hidden is None or len(tree) == 1:
-            tree, cand = m.tree_within(1, 0), None
+            tree, node_tokens = m.tree_within(1, 0), [root]
         else:
             t1 = time.perf_counter()
-            llm.input_ids[P] = root
-            cand = np.asarray(m.drafter.propose(hidden, llm.input_ids[: P + 1], m.top_k))  # a view, no copy
+            node_tokens = m.fill(hidden, context, tree, m.top_k)
             st.time_heads += time.perf_counter() - t1
-        node_tokens = tree.tokens(root, cand) if cand is not None else [root]
+        chain, grafted = [], ()
+        if m.lookup is not None:
+            chain = lookup.propose(context, m.lookup_tokens)
+            if chain:
+                tree, node_tokens, grafted = self._graft(tree, node_tokens, chain, room, deepest, len(pending))
 
         # 2. one backbone pass over pending + tree
         t1 = time.perf_counter()
@@ -545,11 +578,16 @@ class _MedusaRun:
         t3 = time.perf_counter()
         st.time_sample += t3 - t2
 
+        if chain:
+            m.lookup.observe(chain, emitted)
+            st.lookup_nodes += len(grafted)
+            st.lookup_accepted += len(set(path) & set(grafted))
+
         # 4. results: logits rows for logprobs, the deepest accepted node's final-norm state for the heads
         if llm._logits_all:
             for d, r in enumerate(rows):
                 llm.scores[P + d, :] = r
-        new_hidden = llm._node_hidden(path[-1])
+        new_hidden = llm._node_hidden(path[-1]) if m.need_hidden else None
 
         # 5. the backbone keeps what was accepted
         llm._keep(P, tree, path)
@@ -563,6 +601,22 @@ class _MedusaRun:
         st.note_depths(tree.depth, len(path) - 1)
         st.time_bookkeeping += time.perf_counter() - t3
         return emitted, rows, new_hidden
+
+    def _graft(self, tree: Tree, node_tokens: List[int], chain: List[int], room: int, deepest: int, n_pending: int):
+        """Hangs the looked-up tokens that the tree does not already hold below the node where they leave it, as
+        many as fit and as the gate finds worth their verify cost. Returns (tree, node tokens, grafted rows)."""
+        at, matched = lookup.graft_point(tree, node_tokens, chain)
+        new = min(len(chain) - matched, room - len(tree), deepest - tree.nodes[at].depth)
+        n = self.m.lookup.count(n_pending + len(tree), matched, new) if new > 0 else 0
+        if n <= 0:
+            return tree, node_tokens, ()
+        grown, old_rows, chain_rows = tree.grafted(at, n)
+        tokens = [0] * len(grown)
+        for i, j in enumerate(old_rows):
+            tokens[j] = node_tokens[i]
+        for j, tok in zip(chain_rows, chain[matched : matched + n]):
+            tokens[j] = tok
+        return grown, tokens, chain_rows
 
     def _choose(self, i: int, node, node_tokens, row) -> int:
         """The token at one tree node: the sampler chain's choice, or with typical acceptance the likeliest

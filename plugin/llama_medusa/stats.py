@@ -11,8 +11,11 @@ class MedusaStats:
     tokens: int = 0  # tokens produced by those passes
     batch_tokens: int = 0  # tokens submitted to those passes (tree nodes + re-decoded ones)
     redecoded: int = 0  # accepted tokens decoded a second time to keep KV cells in position order
-    head_proposed: List[int] = field(default_factory=list)  # steps in which head d had a node in the tree
-    head_accepted: List[int] = field(default_factory=list)  # steps in which the depth-(d+1) node was accepted
+    lookup_nodes: int = 0  # tree nodes grafted from the context lookup (lookup.py)
+    lookup_accepted: int = 0  # of those, accepted ones
+    # by tree depth d+1 (head d's level; levels below the heads' hold only lookup nodes):
+    head_proposed: List[int] = field(default_factory=list)  # steps whose tree reached depth d+1
+    head_accepted: List[int] = field(default_factory=list)  # steps in which a depth-(d+1) node was accepted
     time_prompt: float = 0.0
     time_verify: float = 0.0  # llama_decode of the trees
     time_heads: float = 0.0  # native head evaluation

@@ -393,8 +393,8 @@ def accuracy(heads, model_path: str, data, top_k: int = 10, proj=None, embedding
         prefix_ok = np.ones(len(t), dtype=bool)
         for k in range(heads.n_heads):
             inside = t + 2 + k < len(toks)
-            # token-conditioned heads are scored where the top-1 chain before them was right: the rate the tree
-            # choice multiplies along the chain (autotree.grow_tree, chain_branching)
+            # token-conditioned heads are scored where the drafts before them were right: the rate the tree
+            # choice multiplies along each path (grow_tree; HeadsDrafter.fill conditions every node on its path)
             ok = inside & prefix_ok if heads.conditioned else inside
             target = np.where(inside, toks[np.minimum(t + 2 + k, len(toks) - 1)], -1)
             found = ids[ok, k, :] == target[ok][:, None]

@@ -40,6 +40,10 @@ PRESETS: Dict[str, List[Tuple[int, ...]]] = {
 
 Choices = Union[str, Sequence[Sequence[int]]]
 
+# Rank given to the nodes of a grafted context-lookup branch: above every head rank, so the branch sorts after the
+# heads' candidates of its parent (the heads' top-1 chain stays first in the batch).
+GRAFT_RANK = 1 << 20
+
 
 def resolve_choices(choices: Choices) -> List[Tuple[int, ...]]:
     """Preset name, "chain-N", or an explicit list of rank paths -> validated list of tuples."""
@@ -105,6 +109,8 @@ class Tree:
         self.depth = max(n.depth for n in self.nodes)
         self.top_k = 1 + max((max(n.path) for n in self.nodes if n.path), default=-1)
         self.choices = [n.path for n in self.nodes[1:]]
+        self.levels = [[i for i, n in enumerate(self.nodes) if n.depth == d] for d in range(self.depth + 1)]
+        self._grafts: Dict[Tuple[int, int], Tuple["Tree", List[int], List[int]]] = {}
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -112,6 +118,19 @@ class Tree:
     def tokens(self, root: int, cand: Sequence[Sequence[int]]) -> List[int]:
         """Token of every node: the root, then cand[depth - 1][rank] (cand[d] = head d's top-k ids)."""
         return [root] + [int(cand[n.depth - 1][n.path[-1]]) for n in self.nodes[1:]]
+
+    def grafted(self, attach: int, n: int) -> Tuple["Tree", List[int], List[int]]:
+        """This tree plus a chain of n new nodes below node `attach` (a context-lookup branch; a step's trees take
+        a few shapes, so they are cached): (tree, batch index of each of this tree's nodes in it, batch indices of
+        the chain's nodes, top down)."""
+        key = (attach, n)
+        if key not in self._grafts:
+            base = self.nodes[attach].path
+            chain_paths = [base + (GRAFT_RANK,) * j for j in range(1, n + 1)]
+            t = Tree(self.choices + chain_paths)
+            where = {node.path: i for i, node in enumerate(t.nodes)}
+            self._grafts[key] = (t, [where[node.path] for node in self.nodes], [where[p] for p in chain_paths])
+        return self._grafts[key]
 
     def truncated(self, max_depth: int) -> "Tree":
         """The same tree without nodes deeper than max_depth (used near the end of the context window)."""
