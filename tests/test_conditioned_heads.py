@@ -97,6 +97,12 @@ def test_fill_conditions_every_node_on_its_own_path():
     plain = make(rng, cond=False)
     pd = HeadsDrafter(plain, plain.engine(None, H, V, "f32", backbone_proj=proj))
     assert pd.fill(h, np.array([21]), tree, 3) == tree.tokens(21, pd.propose(h, np.array([21]), 3))
+    # auto's time model for such heads: per call and per row, measured on its own trees whatever top_k the user set
+    from llama_medusa import autotree
+
+    cost = autotree.heads_time(drafter, H, top_k=3)
+    assert cost.fixed == 0.0 and cost.per_call >= 0.0 and cost.per_row >= 0.0 and cost([(0,), (0, 0)]) > 0.0
+    assert autotree.heads_time(pd, H, top_k=3).fixed > 0.0
 
 
 def test_engine_adds_token_terms_before_silu():

@@ -241,8 +241,9 @@ def heads_time(drafter, n_embd: int, top_k: int, repeats: int = 5) -> HeadsCost:
     try:
         one = Tree("chain-1")
         wide = Tree([(r,) for r in range(8)] + [(r, 0) for r in range(8)])
-        t_one = median_time(lambda root: drafter.fill(h, root, one, top_k))
-        t_wide = median_time(lambda root: drafter.fill(h, root, wide, top_k))
+        k = max(top_k, 8)  # the wide tree uses ranks up to 7
+        t_one = median_time(lambda root: drafter.fill(h, root, one, k))
+        t_wide = median_time(lambda root: drafter.fill(h, root, wide, k))
     finally:
         drafter.max_depth = keep
     per_row = max((t_wide - 2 * t_one) / 7, 0.0)  # t_one = call + row, t_wide = 2 calls + 9 rows
