@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .autotree import interpolate
 MAX_NGRAM = 3
 
 # P(the first j looked-up tokens are all right), measured on SmolLM2-135M's answers to the bench and validation
@@ -85,8 +87,6 @@ class LookupGate:
         tokens."""
         if self.cost is None:
             return new
-        from .autotree import interpolate
-
         e, n = self.expected, 0
         for j in range(matched, matched + new):
             p = self.rate(j)
