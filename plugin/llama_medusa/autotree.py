@@ -236,16 +236,11 @@ def heads_time(drafter, n_embd: int, top_k: int, repeats: int = 5) -> HeadsCost:
     heads = getattr(drafter, "heads", None)
     if heads is None or not heads.conditioned:
         return HeadsCost(fixed=median_time(lambda root: drafter.propose(h, root, top_k)))
-    keep = drafter.max_depth
-    drafter.max_depth = drafter.n_heads
-    try:
-        one = Tree("chain-1")
-        wide = Tree([(r,) for r in range(8)] + [(r, 0) for r in range(8)])
-        k = max(top_k, 8)  # the wide tree uses ranks up to 7
-        t_one = median_time(lambda root: drafter.fill(h, root, one, k))
-        t_wide = median_time(lambda root: drafter.fill(h, root, wide, k))
-    finally:
-        drafter.max_depth = keep
+    one = Tree("chain-1")
+    wide = Tree([(r,) for r in range(8)] + [(r, 0) for r in range(8)])
+    k = max(top_k, 8)  # the wide tree uses ranks up to 7
+    t_one = median_time(lambda root: drafter.fill(h, root, one, k))
+    t_wide = median_time(lambda root: drafter.fill(h, root, wide, k))
     per_row = max((t_wide - 2 * t_one) / 7, 0.0)  # t_one = call + row, t_wide = 2 calls + 9 rows
     return HeadsCost(per_call=max(t_one - per_row, 0.0), per_row=per_row)
 

@@ -179,7 +179,8 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
     from .tree import resolve_choices
 
     out = []
-    base = sum(_timed_chat(stock, p, max_tokens)[2] for p in prompts)
+    stock_runs = [_timed_chat(stock, p, max_tokens) for p in prompts]  # (text, tokens, seconds), once for all trees
+    base = sum(dt for _, _, dt in stock_runs)
     for entry in trees:
         choice, lk = entry if isinstance(entry, tuple) else (entry, lookup)
         if isinstance(choice, str) and choice.startswith("grown-"):
@@ -189,11 +190,11 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
             paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]
         llm = Llama(model, medusa_heads=heads, medusa_choices=paths, medusa_lookup=lk, **common)
         total, toks, steps, same = 0.0, 0, 0, True
-        for p in prompts:
+        for p, (stock_text, _, _) in zip(prompts, stock_runs):
             text, _, dt = _timed_chat(llm, p, max_tokens)
             total += dt
             toks, steps = toks + llm.medusa_stats.tokens, steps + llm.medusa_stats.steps
-            same = same and text == _timed_chat(stock, p, max_tokens)[0]
+            same = same and text == stock_text
         name = (choice if isinstance(choice, str) else f"{len(paths)} nodes") + (f" +lookup {lk}" if lk else "")
         out.append({"tree": name, "nodes": len(llm.medusa_tree), "lookup": lk, "speedup": base / total,
                     "mean_accepted": toks / max(steps, 1), "identical": same})

@@ -23,8 +23,9 @@ class HeadsDrafter:
     their target: the root (just sampled by the backbone, so known) and the drafts before it. In a tree every node
     is conditioned on its own path (Hydra's sequential dependence): the children of the depth-d nodes come from
     head d evaluated once per such node, all of a depth in one engine call, the engine adding U . embedding(token)
-    to each first block's pre-activation. `propose` conditions on the top-1 chain (training's accuracy pass);
-    `max_depth` (set by Llama to its tree's depth) skips heads the tree never reads."""
+    to each first block's pre-activation (`fill`, what the decoder calls). `propose` and `propose_rows`
+    condition on the top-1 chain (training's accuracy pass) and evaluate heads up to `max_depth` only
+    (set by Llama to its tree's depth; `fill` reads the tree's own depth)."""
 
     def __init__(self, heads, engine, embedding=None):
         self.heads = heads

@@ -145,10 +145,11 @@ class Llama(llama_cpp.Llama):
             if not medusa_choices:
                 gate = None  # no tree wins: stock's own loop, which a lookup-only step's Python time would slow
             elif gate is not None:
-                gate = LookupGate(medusa_lookup, a["cost_s"], a["expected_tokens"], a["heads_s"] + a["step_overhead_s"])
+                gate = LookupGate(medusa_lookup, a["cost_s"], a["expected_tokens"],
+                                  fixed_s=a["heads_s"] + a["step_overhead_s"])
         tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
         if isinstance(drafter, HeadsDrafter):
-            drafter.max_depth = max(tree.depth, 1)  # heads below the tree's depth are never read: skip them
+            drafter.max_depth = max(tree.depth, 1)  # its propose() then skips heads the tree never reads
         self._medusa = _MedusaState(
             drafter=drafter,
             tree=tree,

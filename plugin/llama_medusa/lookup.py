@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .autotree import interpolate
+
 MAX_NGRAM = 3
 
 # P(the first j looked-up tokens are all right), measured on SmolLM2-135M's answers to the bench and validation
@@ -62,14 +63,15 @@ class LookupGate:
     """How many new lookup nodes a step adds, from the verify cost curve and the lookup's running hit rates.
 
     Adding a node that is right with probability p to a batch of T tokens is worth it when
-    (E + p) / (t(T+1) + h) > E / (t(T) + h), E being the step's expected tokens so far and h the heads' time."""
+    (E + p) / (t(T+1) + f) > E / (t(T) + f), E being the step's expected tokens so far and f the step's time
+    besides the verify pass (the heads and the decoder's own overhead)."""
 
     def __init__(self, max_tokens: int, cost: Optional[Dict[int, float]] = None, expected: float = 1.0,
-                 heads_s: float = 0.0):
+                 fixed_s: float = 0.0):
         self.max_tokens = max_tokens
         self.cost = cost
         self.expected = expected
-        self.heads_s = heads_s
+        self.fixed_s = fixed_s
         self.reset()
 
     def reset(self) -> None:
@@ -90,8 +92,8 @@ class LookupGate:
         e, n = self.expected, 0
         for j in range(matched, matched + new):
             p = self.rate(j)
-            t0 = interpolate(self.cost, batch + n) + self.heads_s
-            t1 = interpolate(self.cost, batch + n + 1) + self.heads_s
+            t0 = interpolate(self.cost, batch + n) + self.fixed_s
+            t1 = interpolate(self.cost, batch + n + 1) + self.fixed_s
             if (e + p) * t0 <= e * t1:
                 break
             e, n = e + p, n + 1
