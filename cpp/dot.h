@@ -6,9 +6,11 @@
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)  // every AVX2 CPU has F16C
 #include <immintrin.h>
 #define MEDUSA_AVX2 1
 #endif
@@ -73,7 +75,7 @@ static inline void dot_f32(const float* w, const float* x, int n, float* out) {
 template <int M>
 static inline void dot_f16(const uint16_t* w, const float* x, int n, float* out) {
     int i = 0;
-#if defined(MEDUSA_AVX2) && defined(__F16C__)
+#ifdef MEDUSA_AVX2
     __m256 acc[M];
     for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) {
@@ -114,6 +116,104 @@ static inline void dot_i8(const int8_t* w, const int8_t* x, int n, int32_t* out)
 #endif
     for (; i < n; i++)
         for (int m = 0; m < M; m++) out[m] += (int32_t)w[i] * (int32_t)x[(size_t)m * n + i];
+}
+
+#if defined(MEDUSA_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define MEDUSA_VNNI 1
+#endif
+
+// int8 weights against int8 activations stored offset by 128 as uint8 (xu = x ^ 0x80, i.e. x + 128):
+// out[m] = sum_i w[i] * xu[m][i], exact in int32; the caller subtracts 128 * sum_i w[i] to get sum_i w[i] * x[i].
+// VNNI multiplies u8 x s8 straight into int32 (no int16 step that could saturate), so the sign trick dot_i8 needs
+// (two extra instructions per vector and step) goes away. Without VNNI this is the scalar reference only.
+template <int M>
+static inline void dot_u8i8(const int8_t* w, const uint8_t* xu, int n, int32_t* out) {
+    int i = 0;
+#ifdef MEDUSA_VNNI
+    __m256i acc[M];
+    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_si256();
+    for (; i + 32 <= n; i += 32) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i*)(w + i));
+        for (int m = 0; m < M; m++)
+            acc[m] = _mm256_dpbusd_epi32(acc[m], _mm256_loadu_si256((const __m256i*)(xu + (size_t)m * n + i)), wv);
+    }
+    for (int m = 0; m < M; m++) out[m] = hsum256_i32(acc[m]);
+#else
+    for (int m = 0; m < M; m++) out[m] = 0;
+#endif
+    for (; i < n; i++)
+        for (int m = 0; m < M; m++) out[m] += (int32_t)w[i] * (int32_t)xu[(size_t)m * n + i];
+}
+
+// out[m * ldo + r] = sum_i w[r * ldw + i] * x[m * ldx + i] for r < R weight rows and m < MC vectors: R x MC
+// independent accumulators, so a batch of one still keeps the FMA units busy (one accumulator waits on its own
+// latency every step), and each weight row is loaded once for all MC vectors. Every output is summed in the same
+// order as dot_f32<1> / dot_f16<1> (8 lanes, then the horizontal sum, then the scalar tail), so results do not
+// depend on R or MC: rows evaluated together equal rows evaluated one at a time, bit for bit.
+#ifdef MEDUSA_AVX2
+static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+#endif
+static inline float to_f32(float v) { return v; }
+static inline float to_f32(uint16_t v) { return fp16_to_fp32(v); }
+
+template <int R, int MC, class W>
+static inline void dot_block(const W* w, size_t ldw, const float* x, size_t ldx, int n, float* out, size_t ldo) {
+    int i = 0;
+    float res[MC][R];
+#ifdef MEDUSA_AVX2
+    __m256 acc[MC][R];
+    for (int m = 0; m < MC; m++)
+        for (int r = 0; r < R; r++) acc[m][r] = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv[MC];
+        for (int m = 0; m < MC; m++) xv[m] = _mm256_loadu_ps(x + m * ldx + i);
+        for (int r = 0; r < R; r++) {
+            const __m256 wv = load8(w + r * ldw + i);
+            for (int m = 0; m < MC; m++) acc[m][r] = _mm256_fmadd_ps(wv, xv[m], acc[m][r]);
+        }
+    }
+    for (int m = 0; m < MC; m++)
+        for (int r = 0; r < R; r++) res[m][r] = hsum256(acc[m][r]);
+#else
+    for (int m = 0; m < MC; m++)
+        for (int r = 0; r < R; r++) res[m][r] = 0.0f;
+#endif
+    for (; i < n; i++)
+        for (int r = 0; r < R; r++) {
+            const float wf = to_f32(w[r * ldw + i]);
+            for (int m = 0; m < MC; m++) res[m][r] += wf * x[m * ldx + i];
+        }
+    for (int m = 0; m < MC; m++)
+        for (int r = 0; r < R; r++) out[m * ldo + r] = res[m][r];
+}
+
+// Y[m, r] = W[r, :] . X[m, :] for all `rows` rows of row-major W [rows, n] and `m` vectors X [m, n] (ldx apart);
+// Y rows ldy apart. Vectors go MC at a time with 8 / MC weight rows per pass (at most 8 accumulators).
+template <class W>
+static inline void matmul_rows(const W* w, int rows, int n, const float* x, size_t ldx, int m, float* y, size_t ldy) {
+    for (int m0 = 0; m0 < m; m0 += 8) {
+        const int mc = std::min(8, m - m0);
+        const float* xb = x + m0 * ldx;
+        float* yb = y + m0 * ldy;
+        auto run = [&](auto mc_tag) {
+            constexpr int MC = decltype(mc_tag)::value;
+            constexpr int R = MC >= 8 ? 1 : 8 / MC;
+            int r = 0;
+            for (; r + R <= rows; r += R) dot_block<R, MC>(w + (size_t)r * n, n, xb, ldx, n, yb + r, ldy);
+            for (; r < rows; r++) dot_block<1, MC>(w + (size_t)r * n, n, xb, ldx, n, yb + r, ldy);
+        };
+        switch (mc) {
+            case 1: run(std::integral_constant<int, 1>()); break;
+            case 2: run(std::integral_constant<int, 2>()); break;
+            case 3: run(std::integral_constant<int, 3>()); break;
+            case 4: run(std::integral_constant<int, 4>()); break;
+            case 5: run(std::integral_constant<int, 5>()); break;
+            case 6: run(std::integral_constant<int, 6>()); break;
+            case 7: run(std::integral_constant<int, 7>()); break;
+            default: run(std::integral_constant<int, 8>()); break;
+        }
+    }
 }
 
 }  // namespace medusa

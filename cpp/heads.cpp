@@ -30,7 +30,8 @@ void parallel_ranges(int n, int n_threads, const std::function<void(int, int, in
     for (auto& th : pool) th.join();
 }
 
-// Quantises each activation row to int8 with its own absmax scale (the I8 projection's integer path).
+// Quantises each activation row to int8 with its own absmax scale (the I8 projection's integer path); with VNNI
+// stored offset by 128 as uint8, what dot_u8i8 reads.
 void quantize_rows(const float* x, int m, int n, std::vector<int8_t>& q, std::vector<float>& scale) {
     q.resize((size_t)m * n);
     scale.resize(m);
@@ -41,6 +42,9 @@ void quantize_rows(const float* x, int m, int n, std::vector<int8_t>& q, std::ve
         const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
         const float inv = 1.0f / s;
         for (int i = 0; i < n; i++) q[(size_t)r * n + i] = (int8_t)std::lrintf(xr[i] * inv);
+#ifdef MEDUSA_VNNI
+        for (int i = 0; i < n; i++) q[(size_t)r * n + i] ^= (int8_t)0x80;  // as uint8: x + 128 (dot_u8i8)
+#endif
         scale[r] = s;
     }
 }
@@ -61,7 +65,13 @@ void rows_chunk(const Matrix& P, const float* xf, const int8_t* xq, const float*
                 dot_f16<MC>(P.f16.data() + (size_t)r * n, xf + (size_t)j0 * n, n, vals);
                 break;
             case DType::I8:
+#ifdef MEDUSA_VNNI
+                // xq holds the activations offset to uint8 (quantize_rows): remove the offset's share exactly
+                dot_u8i8<MC>(P.i8.data() + (size_t)r * n, (const uint8_t*)xq + (size_t)j0 * n, n, ivals);
+                for (int j = 0; j < MC; j++) ivals[j] -= 128 * P.wsum[r];
+#else
                 dot_i8<MC>(P.i8.data() + (size_t)r * n, xq + (size_t)j0 * n, n, ivals);
+#endif
                 for (int j = 0; j < MC; j++) vals[j] = (float)ivals[j] * P.scale[r] * xs[j0 + j];
                 break;
         }
@@ -111,11 +121,11 @@ void silu_inplace(std::vector<float>& v) {
 
 }  // namespace
 
-void Dense::dot(size_t off, const float* x, int n, float* out) const {
+void Dense::matmul(int rows, int cols, const float* x, size_t ldx, int m, float* y, size_t ldy) const {
     if (!f16.empty())
-        dot_f16<1>(f16.data() + off, x, n, out);
+        matmul_rows(f16.data(), rows, cols, x, ldx, m, y, ldy);
     else
-        dot_f32<1>(f32.data() + off, x, n, out);
+        matmul_rows(f32.data(), rows, cols, x, ldx, m, y, ldy);
 }
 
 HeadsEngine::HeadsEngine(int hidden, int n_threads) : hidden_(hidden), n_threads_(std::max(1, n_threads)) {
@@ -133,6 +143,11 @@ int HeadsEngine::add_projection(Matrix m) {
     const bool ok = (m.dtype == DType::F32 && m.f32.size() == n) || (m.dtype == DType::F16 && m.f16.size() == n) ||
                     (m.dtype == DType::I8 && m.i8.size() == n && m.scale.size() == (size_t)m.rows);
     if (!ok) throw std::invalid_argument("projection data does not match its shape");
+    if (m.dtype == DType::I8) {
+        m.wsum.assign(m.rows, 0);
+        for (int r = 0; r < m.rows; r++)
+            for (int i = 0; i < m.cols; i++) m.wsum[r] += m.i8[(size_t)r * m.cols + i];
+    }
     projs_.push_back(std::move(m));
     return (int)projs_.size() - 1;
 }
@@ -157,46 +172,43 @@ int HeadsEngine::vocab() const { return projs_.empty() ? 0 : projs_[0].rows; }
 
 void HeadsEngine::head_states(const float* hidden, int n, float* states, int h0, int h1, const float* emb,
                               int n_emb) const {
+    // Each weight matrix is applied to all n rows in one pass (Dense::matmul): a tree level's rows share one read
+    // of the head's weights, and even one row keeps eight dot products in flight.
     const int H = hidden_;
     if (h1 < 0) h1 = (int)heads_.size();
     const int G = h1 - h0;
-    for (int r = 0; r < n; r++) {
-        for (int g = 0; g < G; g++) {
-            const int k = h0 + g;
-            float* x = states + ((size_t)r * G + g) * H;
-            std::copy(hidden + (size_t)r * H, hidden + (size_t)(r + 1) * H, x);
-            bool first = true;
-            for (const Block& b : heads_[k].blocks) {
-                std::vector<float> a(b.inner);
-                for (int i = 0; i < b.inner; i++) {
-                    b.w_in.dot((size_t)i * H, x, H, &a[i]);
-                    if (!b.b_in.empty()) a[i] += b.b_in[i];
-                }
-                if (first && emb) {
-                    const int J = std::min(n_emb, (int)heads_[k].cond.size());
-                    for (int j = 0; j < J; j++) {
-                        const float* e = emb + ((size_t)r * n_emb + j) * H;
-                        const Dense& U = heads_[k].cond[j];
-                        for (int i = 0; i < b.inner; i++) {
-                            float v;
-                            U.dot((size_t)i * H, e, H, &v);
-                            a[i] += v;
-                        }
-                    }
-                }
-                first = false;
-                silu_inplace(a);
-                if (b.w_out.empty()) {
-                    for (int i = 0; i < H; i++) x[i] += a[i];
-                } else {
-                    for (int i = 0; i < H; i++) {
-                        float v;
-                        b.w_out.dot((size_t)i * b.inner, a.data(), b.inner, &v);
-                        x[i] += v;
-                    }
+    std::vector<float> x((size_t)n * H), a, t;
+    for (int g = 0; g < G; g++) {
+        const int k = h0 + g;
+        std::copy(hidden, hidden + (size_t)n * H, x.begin());
+        bool first = true;
+        for (const Block& b : heads_[k].blocks) {
+            const int I = b.inner;
+            a.resize((size_t)n * I);
+            b.w_in.matmul(I, H, x.data(), H, n, a.data(), I);
+            if (!b.b_in.empty())
+                for (int r = 0; r < n; r++)
+                    for (int i = 0; i < I; i++) a[(size_t)r * I + i] += b.b_in[i];
+            if (first && emb) {
+                const int J = std::min(n_emb, (int)heads_[k].cond.size());
+                t.resize((size_t)n * I);
+                for (int j = 0; j < J; j++) {
+                    heads_[k].cond[j].matmul(I, H, emb + (size_t)j * H, (size_t)n_emb * H, n, t.data(), I);
+                    for (size_t e = 0; e < (size_t)n * I; e++) a[e] += t[e];
                 }
             }
+            first = false;
+            silu_inplace(a);
+            if (b.w_out.empty()) {
+                for (size_t e = 0; e < (size_t)n * H; e++) x[e] += a[e];
+            } else {
+                t.resize((size_t)n * H);
+                b.w_out.matmul(H, I, a.data(), I, n, t.data(), H);
+                for (size_t e = 0; e < (size_t)n * H; e++) x[e] += t[e];
+            }
         }
+        for (int r = 0; r < n; r++)
+            std::copy(x.begin() + (size_t)r * H, x.begin() + (size_t)(r + 1) * H, states + ((size_t)r * G + g) * H);
     }
 }
 

@@ -21,6 +21,7 @@ struct Matrix {
     std::vector<uint16_t> f16;
     std::vector<int8_t> i8;
     std::vector<float> scale;
+    std::vector<int32_t> wsum;  // I8: each row's sum (set by add_projection), for offset-uint8 activations
 };
 
 // A dense row-major weight matrix in float32, or in float16 when its values are exactly float16 (heads files
@@ -30,8 +31,8 @@ struct Dense {
     std::vector<uint16_t> f16;
     size_t size() const { return f16.empty() ? f32.size() : f16.size(); }
     bool empty() const { return f32.empty() && f16.empty(); }
-    // out = row starting at element `off` . x[0:n]
-    void dot(size_t off, const float* x, int n, float* out) const;
+    // As a [rows, cols] matrix W: y[r * ldy + i] = W[i, :] . x[r * ldx : r * ldx + cols] for r < m.
+    void matmul(int rows, int cols, const float* x, size_t ldx, int m, float* y, size_t ldy) const;
 };
 
 // x <- x + W_out * SiLU(W_in * x + b_in). FasterDecoding/Medusa's ResBlock is the case without W_out

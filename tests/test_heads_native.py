@@ -49,6 +49,35 @@ def test_head_states_match_numpy(mlp, layers):
         np.testing.assert_allclose(got[r], ref_states(heads, h[r]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("half", [False, True])
+def test_rows_together_equal_rows_alone_and_numpy_with_ragged_sizes(half):
+    # hidden 70 and inner 45 leave tails after the 8- and 32-wide vector steps; 11 rows run as a chunk of 8 + 3
+    rng = np.random.default_rng(5)
+    H, I, V, n = 70, 45, 777, 11
+    blocks = [[(rng.standard_normal((I, H)).astype(np.float32) * 0.2, rng.standard_normal(I).astype(np.float32) * 0.1,
+                rng.standard_normal((H, I)).astype(np.float32) * 0.2)] for _ in range(2)]
+    if half:  # float16-exact weights: the engine keeps them in float16
+        blocks = [[tuple(None if a is None else a.astype(np.float16).astype(np.float32) for a in b) for b in hb]
+                  for hb in blocks]
+    heads = MedusaHeads(blocks, [rng.standard_normal((V, H)).astype(np.float32)] * 2, H)
+    h = rng.standard_normal((n, H)).astype(np.float32)
+    for dtype in ("f32", "i8"):
+        eng = heads.engine(None, H, V, dtype)
+        together = eng.head_states(h)
+        ids, scores = eng.topk(h, 7)
+        for r in range(n):
+            np.testing.assert_array_equal(eng.head_states(h[r : r + 1])[0], together[r])
+            one = eng.topk(h[r : r + 1], 7)
+            np.testing.assert_array_equal(one[0][0], ids[r])
+            np.testing.assert_array_equal(one[1][0], scores[r])
+            np.testing.assert_allclose(together[r], ref_states(heads, h[r]), rtol=1e-4, atol=1e-4)
+            if dtype == "i8":  # exact integer reference of the projection
+                w, s = convert_projection(heads.proj[0], "i8")
+                xq, xs = quantize_rows_i8(together[r, 0][None].astype(np.float32))
+                logits = (w.astype(np.int64) @ xq[0].astype(np.int64)) * s * xs[0]
+                np.testing.assert_allclose(scores[r, 0], np.sort(logits)[::-1][:7], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", ["f32", "f16", "i8"])
 @pytest.mark.parametrize("own", [True, False])
 def test_topk_matches_numpy(dtype, own):
