@@ -19,107 +19,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-# Generic chat / explanation / code prompts (written for this project) used to collect training states.
-TRAIN_PROMPTS = [
-    "What is photosynthesis?", "Explain how vaccines work.", "Write a haiku about autumn.",
-    "How do I make a cup of tea?", "What causes earthquakes?", "Describe the water cycle.",
-    "Write a Python function to reverse a list.", "Explain recursion with an example.",
-    "What is the capital of Japan and what is it known for?", "Give me tips for a job interview.",
-    "Write a short story about a dragon who is afraid of fire.", "How does a computer store data?",
-    "What are the benefits of regular exercise?", "Explain the difference between weather and climate.",
-    "Write a SQL query that counts orders per customer.", "What is machine learning?",
-    "How do airplanes stay in the air?", "Write a poem about the sea.", "What is the theory of evolution?",
-    "Explain what an API is to a beginner.", "Write a Python class for a bank account.",
-    "How can I improve my sleep?", "What is the difference between a virus and a bacterium?",
-    "Describe a typical day of a medieval farmer.", "Write a bash command to find large files.",
-    "Why do leaves change color in the fall?", "Explain how the internet works.",
-    "Give me a recipe for pancakes.", "What is a black hole?", "Write a function in C that sums an array.",
-    "How do I learn a new language quickly?", "What is democracy?", "Explain the Pythagorean theorem.",
-    "Write a letter thanking a teacher.", "What are prime numbers?", "How does a car engine work?",
-    "Summarize the plot of Romeo and Juliet.", "Write a Python script that reads a CSV file.",
-    "What is inflation?", "Explain how batteries work.", "What should I pack for a camping trip?",
-    "Write a regular expression that matches an email address.", "How do plants grow from seeds?",
-    "What is the role of the heart in the body?", "Explain object-oriented programming.",
-    "Write a motivational message for a student.", "What are the planets of the solar system?",
-    "How do I write a good essay?", "Explain what DNA is.", "Write a JavaScript function to debounce calls.",
-]
-
-
-TOPICS = [
-    "the moon", "volcanoes", "bees", "the stock market", "climate change", "the Roman Empire", "coffee",
-    "electric cars", "chess", "the human brain", "rainbows", "pizza", "the ocean", "friendship", "robots",
-    "gardening", "the French Revolution", "solar panels", "dinosaurs", "music theory", "sleep", "bicycles",
-    "the immune system", "social media", "mountains", "cryptography", "bread baking", "time management",
-    "photography", "the Olympic Games", "rivers", "memory", "airports", "libraries", "spiders", "recycling",
-    "quantum computers", "wolves", "volunteering", "deserts",
-    "tea", "glaciers", "the printing press", "honeybees in winter", "video games", "marathon running", "tides",
-    "the Renaissance", "electricity", "origami", "vaccines", "trains", "jazz", "the rainforest", "budgeting",
-    "public speaking", "penguins", "the Silk Road", "3D printing", "meditation", "hurricanes", "cheese making",
-    "the periodic table", "space telescopes", "board games", "urban planning", "octopuses", "wind turbines",
-    "ancient Egypt", "podcasts", "the water supply of a city", "birdwatching", "antibiotics", "skyscrapers",
-    "the history of money", "camping", "chocolate", "sign language", "lighthouses", "the Great Wall of China",
-    "compost", "typography", "earthquakes", "bridges", "fermentation", "the Moon landing", "coral reefs",
-    "self-driving cars", "yoga", "the Vikings", "remote work", "black holes", "knitting", "the postal service",
-    "mushrooms", "weather forecasting",
-]
-TEMPLATES = [
-    "Explain {t} to a ten-year-old.", "Write a short poem about {t}.", "Give me five interesting facts about {t}.",
-    "What are the pros and cons of {t}?", "Write a short story involving {t}.", "Summarize the history of {t}.",
-    "How would you teach a class about {t}?", "Write a blog post introduction about {t}.",
-    "What are common misconceptions about {t}?", "Write a short dialogue between two friends about {t}.",
-    "Describe {t} in three paragraphs.", "What questions would a beginner ask about {t}? Answer them.",
-]
-CODE_PROMPTS = [
-    "Write a Python function that {t}.", "Write a JavaScript function that {t}.", "Explain how to {t} in Python.",
-    "Write a unit test for a function that {t}.", "Write a C function that {t}.",
-]
-CODE_TASKS = [
-    "sorts a list of dictionaries by a key", "counts word frequencies in a text", "checks if a number is prime",
-    "merges two sorted lists", "parses a date string", "computes the average of a list", "flattens a nested list",
-    "validates a password", "converts Celsius to Fahrenheit", "finds the longest word in a sentence",
-    "reads a JSON file", "removes vowels from a string",
-    "computes a factorial", "counts the vowels in a string", "checks whether a string is a palindrome",
-    "converts a number to binary", "capitalizes every word in a sentence", "finds the maximum of a list",
-    "counts the lines in a file", "reverses the words in a sentence", "computes the median of a list",
-    "rotates a list by k places", "finds the intersection of two lists", "removes whitespace from a string",
-    "sums the digits of a number", "checks if two strings are anagrams", "returns the n largest items of a list",
-    "converts a list of pairs to a dictionary", "validates an IPv4 address", "splits a list into chunks",
-]
-
+from .prompts import VALIDATION_PROMPTS, generic_prompts, vocab_topics  # noqa: F401 (the train API)
 
 ANSWER_TOKENS = 200  # answer length per training prompt; part of the collection cache key
-
-
-def generic_prompts(model_path: Optional[str] = None, vocab_words: int = 1000):
-    """The built-in training prompts: hand-written ones, then topic x template and code-task combinations; with a
-    model, also `vocab_words` prompts on words drawn from the model's own vocabulary (one template each), which
-    spread the answers over far more subjects than the hand-picked topics."""
-    out = list(TRAIN_PROMPTS)
-    out += [tpl.format(t=t) for t in TOPICS for tpl in TEMPLATES]
-    out += [tpl.format(t=t) for t in CODE_TASKS for tpl in CODE_PROMPTS]
-    if model_path is not None and vocab_words:
-        words = vocab_topics(model_path, vocab_words)
-        out += [TEMPLATES[i % len(TEMPLATES)].replace("{t}", "the word '{t}'" if i % 3 == 0 else "{t}").format(t=w)
-                for i, w in enumerate(words)]
-    return out
-
-
-def vocab_topics(model_path: str, n: int, seed: int = 0) -> List[str]:
-    """n lowercase words (6-12 letters) from the model's tokenizer, in a seeded random order."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path, vocab_only=True, verbose=False)
-    try:
-        words = set()
-        for t in range(llm.n_vocab()):
-            w = llm.detokenize([t]).decode("utf-8", errors="ignore")
-            if w.startswith(" ") and 6 <= len(w) - 1 <= 12 and w[1:].isascii() and w[1:].isalpha() and w[1:].islower():
-                words.add(w[1:])
-    finally:
-        llm.close()
-    words = sorted(words)
-    order = np.random.default_rng(seed).permutation(len(words))
-    return [words[i] for i in order[:n]]
 
 
 def collect(model_path: str, prompts: Sequence[str], max_tokens: int = ANSWER_TOKENS, n_threads: Optional[int] = None,
@@ -402,19 +304,6 @@ def accuracy(heads, model_path: str, data, top_k: int = 10, proj=None, embedding
             count[k] += ok.sum()
             prefix_ok &= inside & (ids[:, k, 0] == target)
     return (hits / np.maximum(count, 1)[:, None]).tolist()
-
-
-# Hand-written prompts kept out of training, unlike any template above, for the accuracies stored in the heads
-# file: the held-out split of the generic list shares topics and templates with the training prompts and
-# overstates how well heads guess on a user's prompts (BENCHMARKS.md: top-1 0.58 there, 0.38 on these).
-# They are not the bench's prompts either.
-VALIDATION_PROMPTS = [
-    "How do I center a div in CSS?", "Write a haiku about a train at night.",
-    "What is the difference between a list and a tuple in Python?", "Give me three tips for saving money.",
-    "Explain why the sky is blue.", "Write a SQL query that finds the top 5 customers by revenue.",
-    "What should I consider when adopting a dog?", "Write a Python function that checks if a year is a leap year.",
-    "Summarize the causes of World War I in a few sentences.", "How does a hash table work?",
-]
 
 
 def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = ANSWER_TOKENS, held_out: int = 32,

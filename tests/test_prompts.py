@@ -1,0 +1,36 @@
+"""The training prompts stay apart from the prompts acceptance is measured on."""
+import re
+
+from llama_medusa.bench import DEFAULT_PROMPTS
+from llama_medusa.prompts import VALIDATION_PROMPTS, generic_prompts, natural_prompts
+
+# the subject of each validation / bench prompt: no training prompt may ask about it
+HELD_OUT_SUBJECTS = [
+    "center a div", "haiku about a train", "list and a tuple", "saving money", "sky blue", "sky is blue",
+    "top 5 customers", "adopting a dog", "leap year", "World War", "hash table", "refrigerator", "Fibonacci",
+    "cat and a dog", "duplicate values", "guitar", "binary search",
+]
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", s.lower())
+
+
+def test_training_prompts_exclude_the_held_out_prompts_and_subjects():
+    train = generic_prompts()  # without a model: every written prompt, no vocabulary words
+    assert len(train) == len(set(train))
+    held_out = VALIDATION_PROMPTS + DEFAULT_PROMPTS
+    assert not {_norm(p) for p in train} & {_norm(p) for p in held_out}
+    for subject in HELD_OUT_SUBJECTS:
+        hits = [p for p in train if _norm(subject) in _norm(p)]
+        assert not hits, f"training prompts ask about held-out subject {subject!r}: {hits[:3]}"
+    # each held-out prompt's subject is listed above, so the check covers all of them
+    for p in held_out:
+        assert any(_norm(s) in _norm(p) for s in HELD_OUT_SUBJECTS), p
+
+
+def test_natural_prompts_are_part_of_the_generic_list_and_seeded():
+    nat = natural_prompts()
+    assert nat == natural_prompts()
+    assert len(nat) > 1000 and set(nat) <= set(generic_prompts())
+    assert not set(nat) & set(generic_prompts(natural=False))
