@@ -80,3 +80,31 @@ def test_lookup_gate_adds_nodes_by_cost_and_learns_hit_rates():
     assert list(gate.seen - seen)[:3] == [1, 1, 0] and list(gate.hits - hits)[:3] == [1, 0, 0]
     gate.reset()
     assert gate.count(batch=1, matched=0, new=4) == 0
+
+
+def test_cost_cache_is_measured_again_on_a_machine_of_another_speed(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMA_MEDUSA_CACHE", str(tmp_path))
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x" * 10)
+
+    class Fake:  # what cost_curve reads of a Llama
+        model_path, n_threads, n_threads_batch = str(model), 1, 2
+
+        class model_params:
+            n_gpu_layers = 0
+
+        def __init__(self, t1):
+            self.t1, self.calls = t1, []
+
+        def _measure_verify(self, sizes, repeats):
+            self.calls.append(list(sizes))
+            return {T: self.t1 * (1 + 0.5 * (T - 1)) for T in sizes}
+
+    first = Fake(0.010)
+    curve = autotree.cost_curve(first, sizes=(1, 2, 4))
+    assert first.calls == [[1, 2, 4]] and curve[1] == 0.010
+    same = Fake(0.011)  # within the tolerance: the cached curve, after one quick t(1)
+    assert autotree.cost_curve(same, sizes=(1, 2, 4)) == curve and same.calls == [[1]]
+    slower = Fake(0.015)  # another machine with the same CPU name: measured again
+    again = autotree.cost_curve(slower, sizes=(1, 2, 4))
+    assert slower.calls == [[1], [1, 2, 4]] and again[1] == 0.015

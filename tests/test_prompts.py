@@ -9,6 +9,10 @@ HELD_OUT_SUBJECTS = [
     "center a div", "haiku about a train", "list and a tuple", "saving money", "sky blue", "sky is blue",
     "top 5 customers", "adopting a dog", "leap year", "World War", "hash table", "refrigerator", "Fibonacci",
     "cat and a dog", "duplicate values", "guitar", "binary search",
+    "pull request", "forgetful wizard", "mutex", "beach holiday", "phases of the moon", "merges two dictionaries",
+    "healthy heart", "capitalizes the first letter", "butterfly", "bloom filter", "landlord", "Monty Hall",
+    "more than ten employees", "sunscreen", "tic-tac-toe", "backs up a folder", "1984", "presentations",
+    "2D point", "northern lights",
 ]
 
 

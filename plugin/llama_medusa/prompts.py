@@ -267,4 +267,15 @@ VALIDATION_PROMPTS = [
     "Explain why the sky is blue.", "Write a SQL query that finds the top 5 customers by revenue.",
     "What should I consider when adopting a dog?", "Write a Python function that checks if a year is a leap year.",
     "Summarize the causes of World War I in a few sentences.", "How does a hash table work?",
+    # added in session 6 (ten prompts made the stored accuracies noisy): same rules, subjects kept out of training
+    "How do I make a pull request on GitHub?", "Write a limerick about a forgetful wizard.",
+    "What is the difference between a mutex and a semaphore?", "Give me a packing list for a beach holiday.",
+    "Explain how tides relate to the phases of the moon.", "Write a Python function that merges two dictionaries.",
+    "What are good habits for a healthy heart?", "Write a JavaScript function that capitalizes the first letter of a string.",
+    "Describe the life cycle of a butterfly.", "How does a bloom filter work?",
+    "Write an email asking my landlord to fix the heating.", "What is the Monty Hall problem?",
+    "Write a SQL query that lists departments with more than ten employees.", "Why do we need sunscreen in winter?",
+    "Explain the rules of tic-tac-toe and a winning strategy.", "Write a Bash script that backs up a folder every night.",
+    "What are the main ideas of the book 1984?", "How can I make my presentations more engaging?",
+    "Write a C++ class that represents a 2D point.", "What causes the northern lights?",
 ]
