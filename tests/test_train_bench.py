@@ -118,3 +118,15 @@ def test_cli_bad_inputs(model_path, tmp_path):
     assert r.returncode == 2 and "hidden size 64" in r.stderr and "576" in r.stderr
     r = run_cli("bench", "--model", model_path, "--heads", str(tmp_path / "missing.safetensors"))
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_sweep_entries_carry_identity_and_divergences(model_path, stock):
+    from llama_medusa.bench import run_sweep
+    from llama_medusa.shipped import default_heads_path
+
+    common = dict(n_ctx=512, flash_attn=True, verbose=False)
+    out = run_sweep(model_path, default_heads_path(model_path), ["Name a color."], 12, [("chain-1", 0), ([], 8)], common, stock, 3,
+                    log=lambda m: None)
+    assert [w["tree"] for w in out] == ["chain-1", "0 nodes +lookup 8"]
+    for w in out:
+        assert w["identical"] and w["divergences"] == [] and w["speedup"] > 0 and w["mean_accepted"] >= 1

@@ -179,7 +179,10 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
     from .tree import resolve_choices
 
     out = []
-    stock_runs = [_timed_chat(stock, p, max_tokens) for p in prompts]  # (text, tokens, seconds), once for all trees
+    stock_runs, stock_ids = [], []
+    for p in prompts:  # (text, tokens, seconds) and the token ids, once for all trees
+        stock_runs.append(_timed_chat(stock, p, max_tokens))
+        stock_ids.append([int(t) for t in stock.input_ids[: stock.n_tokens]])
     base = sum(dt for _, _, dt in stock_runs)
     for entry in trees:
         choice, lk = entry if isinstance(entry, tuple) else (entry, lookup)
@@ -189,15 +192,18 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
         else:
             paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]
         llm = Llama(model, medusa_heads=heads, medusa_choices=paths, medusa_lookup=lk, **common)
-        total, toks, steps, same = 0.0, 0, 0, True
-        for p, (stock_text, _, _) in zip(prompts, stock_runs):
+        total, toks, steps, differ = 0.0, 0, 0, []
+        for p, (stock_text, _, _), want in zip(prompts, stock_runs, stock_ids):
             text, _, dt = _timed_chat(llm, p, max_tokens)
             total += dt
             toks, steps = toks + llm.medusa_stats.tokens, steps + llm.medusa_stats.steps
-            same = same and text == stock_text
+            if text != stock_text:
+                got = [int(t) for t in llm.input_ids[: llm.n_tokens]]
+                differ.append(dict(divergence(stock, want, got) or {"position": None, "top2_gap": None}, prompt=p))
         name = (choice if isinstance(choice, str) else f"{len(paths)} nodes") + (f" +lookup {lk}" if lk else "")
+        same = not differ
         out.append({"tree": name, "nodes": len(llm.medusa_tree), "lookup": lk, "speedup": base / total,
-                    "mean_accepted": toks / max(steps, 1), "identical": same})
+                    "mean_accepted": toks / max(steps, 1), "identical": same, "divergences": differ})
         log(f"sweep {name}: {base / total:.2f}x, {toks / max(steps, 1):.2f} tokens/pass, identical={same}")
     return out
 
@@ -237,8 +243,11 @@ def format_table(s: dict) -> str:
         lines.append(f"peer: llama-cpp-python prompt-lookup speculation {s['lookup_speedup_median']:.2f}x median, "
                      f"identical {'all' if s['lookup_all_identical'] else 'NOT all'}")
     for w in s.get("sweep", []):
+        gaps = [d["top2_gap"] for d in w.get("divergences", []) if d["top2_gap"] is not None]
         lines.append(f"sweep: {w['tree']:>24s} ({w['nodes']:2d} nodes) {w['speedup']:.2f}x, "
-                     f"{w['mean_accepted']:.2f} tokens/pass" + ("" if w["identical"] else ", output NOT identical"))
+                     f"{w['mean_accepted']:.2f} tokens/pass" + ("" if w["identical"] else
+                     f", {len(w['divergences'])} outputs differ (stock's top-2 gaps there: "
+                     + ", ".join(f"{g:.4f}" for g in gaps) + ")"))
     return "\n".join(lines)
 
 
