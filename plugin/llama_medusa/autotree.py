@@ -94,9 +94,11 @@ class HeadsCost:
 # measured 0.94x on F16 (BENCHMARKS.md, session 5).
 MIN_GAIN = 1.05
 
-# Python time of one speculative step beyond the verify pass and the heads (the sampler walk, KV cache edits, the
-# lookup search, stats): 0.8-1.4 ms measured on the 2-core CPUs (bench time split, sampling + bookkeeping per step),
-# which plain decoding through stock's loop mostly does not pay. Priced into every tree, so a tree must beat it.
+# A speculative step's time besides the verify pass and the heads, against a stock token priced at t(1), fitted to
+# the bench on the 2-core CPUs (chain-1, SmolLM2 Q4_1, session 6): of the 0.8 ms, the decoder's own bookkeeping
+# is ~0.06 ms, sampling and handing out the step's tokens ~0.4 ms per token (stock pays that per token too, but the
+# curve's t(1) leaves it out), and the rest is t(1) of the isolated curve reading ~2% above a token in stock's
+# loop. Priced into every tree, so a tree must beat it.
 STEP_OVERHEAD_S = 0.8e-3
 
 

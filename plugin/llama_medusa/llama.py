@@ -538,12 +538,14 @@ class _MedusaRun:
         tree = m.tree_within(room, deepest)
         llm.input_ids[P] = root
         context = llm.input_ids[: P + 1]  # a view, no copy
+        heads_s = 0.0
         if hidden is None or len(tree) == 1:
             tree, node_tokens = m.tree_within(1, 0), [root]
         else:
             t1 = time.perf_counter()
             node_tokens = m.fill(hidden, context, tree, m.top_k)
-            st.time_heads += time.perf_counter() - t1
+            heads_s = time.perf_counter() - t1
+            st.time_heads += heads_s
         chain, grafted = [], ()
         if m.lookup is not None:
             chain = lookup.propose(context, m.lookup_tokens)
@@ -552,7 +554,7 @@ class _MedusaRun:
 
         # 2. one backbone pass over pending + tree
         t1 = time.perf_counter()
-        st.time_bookkeeping += t1 - t0
+        st.time_bookkeeping += t1 - t0 - heads_s
         n = llm._verify(pending, kv, P, tree, node_tokens)
         t2 = time.perf_counter()
         st.time_verify += t2 - t1
