@@ -108,3 +108,17 @@ def test_cost_cache_is_measured_again_on_a_machine_of_another_speed(tmp_path, mo
     slower = Fake(0.015)  # another machine with the same CPU name: measured again
     again = autotree.cost_curve(slower, sizes=(1, 2, 4))
     assert slower.calls == [[1], [1, 2, 4]] and again[1] == 0.015
+
+
+def test_lookup_branch_goes_first_when_likelier_than_the_heads_child():
+    from llama_medusa.lookup import LookupGate
+
+    gate = LookupGate(8, heads_top1=[0.4, 0.3])
+    for _ in range(40):  # a text the lookup keeps guessing: its hit rates rise to ~1
+        gate.observe([1, 2, 3], [1, 2, 3, 4])
+    assert gate.first(0, 0) and gate.first(2, 1) and gate.first(0, 5)  # beyond the heads: always first
+    cold = LookupGate(8, heads_top1=[0.9, 0.9])
+    for _ in range(40):  # a text it keeps missing
+        cold.observe([7, 8], [1, 2, 3])
+    assert not cold.first(0, 0) and not cold.first(1, 1)
+    assert cold.first(0, 2)  # no head fills depth 2: the branch has that node's children to itself

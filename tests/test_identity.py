@@ -273,6 +273,22 @@ def test_lookup_branch_identical_and_accepted(model_path, reference, choices):
         medusa(model_path, random_heads(), medusa_lookup=-1, n_ctx=256)
 
 
+def test_lookup_branch_placed_first_keeps_its_tokens_and_output(model_path, reference):
+    """The lookup branch before the heads' children (LookupGate.first) or after them: both identical to stock;
+    first, its accepted tokens directly follow the root in the batch and stay in the cache instead of being
+    decoded again next step."""
+    pt, ref = reference(REPEAT_PROMPT, 96)
+    redecoded = {}
+    for place in ("first", "after"):
+        llm = medusa(model_path, random_heads(), choices="small", medusa_lookup=8)
+        llm._medusa.lookup.first = lambda matched, depth, f=(place == "first"): f
+        assert medusa_tokens(llm, pt, 96, temp=0.0) == ref, place
+        st = llm.medusa_stats
+        assert st.lookup_accepted > 20, st
+        redecoded[place] = st.redecoded
+    assert redecoded["first"] < redecoded["after"] / 2, redecoded
+
+
 def test_shipped_heads_best_tree_with_lookup(model_path, reference):
     """The acceptance configuration of the bench (a greedy tree of 52 nodes from the shipped heads' accuracies,
     every node conditioned on its own path, plus the lookup branch): identical to stock, over 2 tokens per pass."""

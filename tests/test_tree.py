@@ -55,6 +55,13 @@ def test_grafted_lookup_branch():
     g0, _, rows0 = t.grafted(at0, 2)
     assert m0 == 0 and g0.n_leaves == t.n_leaves + 1 and rows0 == [len(t), len(t) + 1]  # last in the batch
     assert t.grafted(at, 2)[0] is g  # cached
+    # placed first: right after the node it hangs from, before the heads' children there
+    f0, old0, rowsf = t.grafted(at0, 2, first=True)
+    assert rowsf == [1, 2] and [f0.nodes[j].path for j in old0] == [n.path for n in t.nodes]
+    assert f0.nodes[1].parent == 0 and f0.nodes[2].parent == 1 and f0.nodes[0].children[0] == 1
+    assert f0.n_leaves == t.n_leaves + 1 and t.grafted(at0, 2, first=True)[0] is f0
+    f, oldf, rowsf = t.grafted(at, 2, first=True)  # below (0, 1), a leaf: nothing to go before
+    assert [n.path[:2] for n in f.nodes] == [n.path[:2] for n in g.nodes] and oldf == old_rows
 
 
 def test_lookup_finds_what_llama_cpp_python_finds():

@@ -33,6 +33,7 @@ import llama_cpp
 from llama_cpp import _internals as internals
 
 from . import lookup
+from .autotree import accuracy_table
 from .drafter import HeadsDrafter
 from .heads import MedusaHeads
 from .lookup import LookupGate
@@ -138,7 +139,8 @@ class Llama(llama_cpp.Llama):
             )
             drafter = HeadsDrafter(heads, engine, self._token_embedding() if heads.conditioned else None)
         self.medusa_auto = None
-        gate = LookupGate(medusa_lookup) if medusa_lookup else None
+        top1 = [float(a) for a in accuracy_table(drafter, 1)[:, 0]]  # where the lookup branch goes (LookupGate.first)
+        gate = LookupGate(medusa_lookup, heads_top1=top1) if medusa_lookup else None
         if isinstance(medusa_choices, str) and medusa_choices == "auto":
             medusa_choices = self._auto_choices(drafter, n_embd, medusa_top_k or 10, medusa_max_batch)
             a = self.medusa_auto
@@ -146,7 +148,7 @@ class Llama(llama_cpp.Llama):
                 gate = None  # no tree wins: stock's own loop, which a lookup-only step's Python time would slow
             elif gate is not None:
                 gate = LookupGate(medusa_lookup, a["cost_s"], a["expected_tokens"],
-                                  fixed_s=a["heads_s"] + a["step_overhead_s"])
+                                  fixed_s=a["heads_s"] + a["step_overhead_s"], heads_top1=top1)
         tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
         if isinstance(drafter, HeadsDrafter):
             drafter.max_depth = max(tree.depth, 1)  # its propose() then skips heads the tree never reads
@@ -613,7 +615,7 @@ class _MedusaRun:
         n = self.m.lookup.count(n_pending + len(tree), matched, new) if new > 0 else 0
         if n <= 0:
             return tree, node_tokens, ()
-        grown, old_rows, chain_rows = tree.grafted(at, n)
+        grown, old_rows, chain_rows = tree.grafted(at, n, self.m.lookup.first(matched, tree.nodes[at].depth))
         tokens = [0] * len(grown)
         for i, j in enumerate(old_rows):
             tokens[j] = node_tokens[i]

@@ -12,6 +12,7 @@ pass move. On the bench and validation prompts it lifts SmolLM2's tokens per pas
 How many of its tokens a step adds is the `LookupGate`'s call when the backbone's cost curve is known ("auto"):
 the j-th token is added while it raises expected tokens per second, its chance being the lookup's running hit
 rate at depth j in this generation (seeded with a prior); without a cost curve every proposed token is added.
+The gate also says whether the branch goes before or after the heads' children where it hangs (`first`).
 """
 from __future__ import annotations
 
@@ -67,11 +68,12 @@ class LookupGate:
     besides the verify pass (the heads and the decoder's own overhead)."""
 
     def __init__(self, max_tokens: int, cost: Optional[Dict[int, float]] = None, expected: float = 1.0,
-                 fixed_s: float = 0.0):
+                 fixed_s: float = 0.0, heads_top1: Sequence[float] = ()):
         self.max_tokens = max_tokens
         self.cost = cost
         self.expected = expected
         self.fixed_s = fixed_s
+        self.heads_top1 = list(heads_top1)  # per depth: P(the heads' first child is right | its parent was)
         self.reset()
 
     def reset(self) -> None:
@@ -98,6 +100,15 @@ class LookupGate:
                 break
             e, n = e + p, n + 1
         return n
+
+    def first(self, matched: int, depth: int) -> bool:
+        """Whether the branch should go before the heads' children of the node at `depth` it hangs from, where
+        `matched` looked-up tokens already matched the tree: when its next token is likelier right than the heads'
+        first child there. The branch placed first keeps its accepted tokens in the cache; placed after, they are
+        decoded again next step (10% of the batch on a lookup-heavy answer, BENCHMARKS.md session 6)."""
+        p_heads = self.heads_top1[depth] if depth < len(self.heads_top1) else 0.0
+        p_look = self.rate(matched) / (self.rate(matched - 1) if matched else 1.0)
+        return p_look > p_heads
 
     def observe(self, chain: Sequence[int], emitted: Sequence[int]) -> None:
         """Update the hit rates with what the backbone produced after the root (`emitted`): depth j counts where

@@ -42,7 +42,8 @@ Choices = Union[str, Sequence[Sequence[int]]]
 
 # Rank given to the nodes of a grafted context-lookup branch: above every head rank, so the branch sorts after the
 # heads' candidates of its parent (the heads' top-1 chain stays first in the batch).
-GRAFT_RANK = 1 << 20
+GRAFT_RANK = 1 << 20  # rank of grafted lookup nodes: after the heads' children in batch order
+GRAFT_FIRST = GRAFT_RANK + 1  # the same, placed before the heads' children
 
 
 def resolve_choices(choices: Choices) -> List[Tuple[int, ...]]:
@@ -94,7 +95,7 @@ class Tree:
         def visit(path: Tuple[int, ...], parent: int) -> int:
             idx = len(self.nodes)
             self.nodes.append(Node(path=path, parent=parent, depth=len(path)))
-            for child in sorted(kids.get(path, []), key=lambda q: q[-1]):
+            for child in sorted(kids.get(path, []), key=lambda q: -1 if q[-1] == GRAFT_FIRST else q[-1]):
                 self.nodes[idx].children.append(visit(child, idx))
             return idx
 
@@ -110,7 +111,7 @@ class Tree:
         self.top_k = 1 + max((max(n.path) for n in self.nodes if n.path), default=-1)
         self.choices = [n.path for n in self.nodes[1:]]
         self.levels = [[i for i, n in enumerate(self.nodes) if n.depth == d] for d in range(self.depth + 1)]
-        self._grafts: Dict[Tuple[int, int], Tuple["Tree", List[int], List[int]]] = {}
+        self._grafts: Dict[Tuple[int, int, bool], Tuple["Tree", List[int], List[int]]] = {}
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -119,14 +120,17 @@ class Tree:
         """Token of every node: the root, then cand[depth - 1][rank] (cand[d] = head d's top-k ids)."""
         return [root] + [int(cand[n.depth - 1][n.path[-1]]) for n in self.nodes[1:]]
 
-    def grafted(self, attach: int, n: int) -> Tuple["Tree", List[int], List[int]]:
+    def grafted(self, attach: int, n: int, first: bool = False) -> Tuple["Tree", List[int], List[int]]:
         """This tree plus a chain of n new nodes below node `attach` (a context-lookup branch; a step's trees take
         a few shapes, so they are cached): (tree, batch index of each of this tree's nodes in it, batch indices of
-        the chain's nodes, top down)."""
-        key = (attach, n)
+        the chain's nodes, top down). The chain comes after `attach`'s other children in batch order, or right
+        after `attach` itself with `first` (accepted nodes that directly follow the root in the batch stay in the
+        cache; the others are decoded again next step)."""
+        key = (attach, n, first)
         if key not in self._grafts:
             base = self.nodes[attach].path
-            chain_paths = [base + (GRAFT_RANK,) * j for j in range(1, n + 1)]
+            rank = GRAFT_FIRST if first else GRAFT_RANK
+            chain_paths = [base + (rank,) * j for j in range(1, n + 1)]
             t = Tree(self.choices + chain_paths)
             where = {node.path: i for i, node in enumerate(t.nodes)}
             self._grafts[key] = (t, [where[node.path] for node in self.nodes], [where[p] for p in chain_paths])
