@@ -279,14 +279,16 @@ class BitnetLlama(Llama):
             eng.truncate(0)
             eng.forward(prefix, logits=False)
             eng.commit(range(len(prefix)))
-            out = {}
-            for T in sizes:
-                times = []
-                for _ in range(repeats + 1):
+            times: Dict[int, List[float]] = {T: [] for T in sizes}
+            # sizes interleaved round after round, as for llama.cpp (autotree.time_llama_decode): a slow spell on
+            # a shared machine then hits every size alike; round 0 warms up
+            for rnd in range(repeats + 1):
+                for T in sizes:
                     t0 = time.perf_counter()
                     eng.forward([prefix[i % len(prefix)] for i in range(T)])
-                    times.append(time.perf_counter() - t0)
-                out[T] = statistics.median(times[1:])
+                    if rnd:
+                        times[T].append(time.perf_counter() - t0)
+            out = {T: statistics.median(v) for T, v in times.items()}
         finally:
             eng.truncate(0)
             self.n_tokens = 0
