@@ -301,3 +301,23 @@ def test_shipped_heads_best_tree_with_lookup(model_path, reference):
     llm = Llama(model_path, medusa_heads=heads, medusa_choices=tree, verbose=False, n_ctx=N_CTX, **THREADS)
     assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
     assert llm.medusa_stats.mean_accepted > 2.0, llm.medusa_stats
+
+
+def test_time_split_counts_the_heads_once(model_path, reference):
+    """The decoder's time split: the heads' call is in time_heads and not also in time_bookkeeping (it was
+    counted in both until session 6). The heads here sleep 20 ms a call, far above any bookkeeping."""
+    import time as _time
+
+    pt, ref = reference(PROMPTS[0], 8)
+    llm = medusa(model_path, random_heads(), choices="chain-1", medusa_lookup=0)
+    fill = llm._medusa.fill
+
+    def slow_fill(*a, **k):
+        _time.sleep(0.02)
+        return fill(*a, **k)
+
+    llm._medusa.fill = slow_fill
+    assert medusa_tokens(llm, pt, 8, temp=0.0) == ref
+    st = llm.medusa_stats
+    assert st.time_heads >= 0.02 * (st.steps - 1)
+    assert st.time_bookkeeping < 0.25 * st.time_heads, st
