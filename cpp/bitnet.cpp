@@ -137,16 +137,7 @@ void BitnetEngine::project(const float* hidden, int M, float* logits) {
             for (int m0 = 0; m0 < M; m0 += 8) {
                 const int mt = std::min(8, M - m0);
                 const float* x = hidden + (size_t)m0 * H;
-                switch (mt) {
-                    case 1: dot_f16<1>(row, x, H, out); break;
-                    case 2: dot_f16<2>(row, x, H, out); break;
-                    case 3: dot_f16<3>(row, x, H, out); break;
-                    case 4: dot_f16<4>(row, x, H, out); break;
-                    case 5: dot_f16<5>(row, x, H, out); break;
-                    case 6: dot_f16<6>(row, x, H, out); break;
-                    case 7: dot_f16<7>(row, x, H, out); break;
-                    default: dot_f16<8>(row, x, H, out); break;
-                }
+                with_width(mt, [&](auto m) { dot_f16<decltype(m)::value>(row, x, H, out); });
                 for (int m = 0; m < mt; ++m) logits[(size_t)(m0 + m) * V + v] = out[m];
             }
         }

@@ -53,45 +53,6 @@ static inline int32_t hsum256_i32(__m256i v) {
 }
 #endif
 
-// out[m] = sum_i w[i] * x[m][i] for m < M; x rows are contiguous with stride n.
-template <int M>
-static inline void dot_f32(const float* w, const float* x, int n, float* out) {
-    int i = 0;
-#ifdef MEDUSA_AVX2
-    __m256 acc[M];
-    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) {
-        const __m256 wv = _mm256_loadu_ps(w + i);
-        for (int m = 0; m < M; m++) acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)m * n + i), acc[m]);
-    }
-    for (int m = 0; m < M; m++) out[m] = hsum256(acc[m]);
-#else
-    for (int m = 0; m < M; m++) out[m] = 0.0f;
-#endif
-    for (; i < n; i++)
-        for (int m = 0; m < M; m++) out[m] += w[i] * x[(size_t)m * n + i];
-}
-
-template <int M>
-static inline void dot_f16(const uint16_t* w, const float* x, int n, float* out) {
-    int i = 0;
-#ifdef MEDUSA_AVX2
-    __m256 acc[M];
-    for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) {
-        const __m256 wv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + i)));
-        for (int m = 0; m < M; m++) acc[m] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)m * n + i), acc[m]);
-    }
-    for (int m = 0; m < M; m++) out[m] = hsum256(acc[m]);
-#else
-    for (int m = 0; m < M; m++) out[m] = 0.0f;
-#endif
-    for (; i < n; i++) {
-        const float wf = fp16_to_fp32(w[i]);
-        for (int m = 0; m < M; m++) out[m] += wf * x[(size_t)m * n + i];
-    }
-}
-
 // int8 weights against int8 activations: exact int32 sums (the caller applies row scale x activation scale).
 template <int M>
 static inline void dot_i8(const int8_t* w, const int8_t* x, int n, int32_t* out) {
@@ -120,16 +81,13 @@ static inline void dot_i8(const int8_t* w, const int8_t* x, int n, int32_t* out)
 
 #if defined(MEDUSA_AVX2) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define MEDUSA_VNNI 1
-#endif
-
 // int8 weights against int8 activations stored offset by 128 as uint8 (xu = x ^ 0x80, i.e. x + 128):
 // out[m] = sum_i w[i] * xu[m][i], exact in int32; the caller subtracts 128 * sum_i w[i] to get sum_i w[i] * x[i].
 // VNNI multiplies u8 x s8 straight into int32 (no int16 step that could saturate), so the sign trick dot_i8 needs
-// (two extra instructions per vector and step) goes away. Without VNNI this is the scalar reference only.
+// (two extra instructions per vector and step) goes away. Built only where VNNI is; dot_i8 serves elsewhere.
 template <int M>
 static inline void dot_u8i8(const int8_t* w, const uint8_t* xu, int n, int32_t* out) {
     int i = 0;
-#ifdef MEDUSA_VNNI
     __m256i acc[M];
     for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_si256();
     for (; i + 32 <= n; i += 32) {
@@ -138,18 +96,33 @@ static inline void dot_u8i8(const int8_t* w, const uint8_t* xu, int n, int32_t* 
             acc[m] = _mm256_dpbusd_epi32(acc[m], _mm256_loadu_si256((const __m256i*)(xu + (size_t)m * n + i)), wv);
     }
     for (int m = 0; m < M; m++) out[m] = hsum256_i32(acc[m]);
-#else
-    for (int m = 0; m < M; m++) out[m] = 0;
-#endif
     for (; i < n; i++)
         for (int m = 0; m < M; m++) out[m] += (int32_t)w[i] * (int32_t)xu[(size_t)m * n + i];
+}
+#endif
+
+// Calls f(std::integral_constant<int, K>()) with K = min(m, 8): the kernels are templates over how many vectors
+// they take at once (their accumulators live in registers), and callers walk their vectors 8 at a time.
+template <class F>
+static inline void with_width(int m, F&& f) {
+    switch (std::min(m, 8)) {
+        case 1: f(std::integral_constant<int, 1>()); break;
+        case 2: f(std::integral_constant<int, 2>()); break;
+        case 3: f(std::integral_constant<int, 3>()); break;
+        case 4: f(std::integral_constant<int, 4>()); break;
+        case 5: f(std::integral_constant<int, 5>()); break;
+        case 6: f(std::integral_constant<int, 6>()); break;
+        case 7: f(std::integral_constant<int, 7>()); break;
+        default: f(std::integral_constant<int, 8>()); break;
+    }
 }
 
 // out[m * ldo + r] = sum_i w[r * ldw + i] * x[m * ldx + i] for r < R weight rows and m < MC vectors: R x MC
 // independent accumulators, so a batch of one still keeps the FMA units busy (one accumulator waits on its own
-// latency every step), and each weight row is loaded once for all MC vectors. Every output is summed in the same
-// order as dot_f32<1> / dot_f16<1> (8 lanes, then the horizontal sum, then the scalar tail), so results do not
-// depend on R or MC: rows evaluated together equal rows evaluated one at a time, bit for bit.
+// latency every step), and each weight row is loaded once for all MC vectors. Every output is summed in one order
+// whatever R and MC (8 lanes, then the horizontal sum, then the scalar tail), so rows evaluated together equal rows
+// evaluated one at a time, bit for bit (as long as the compiler does not fuse the scalar tail's multiply-adds in
+// some instances only: heads.cpp is built with -ffp-contract=off).
 #ifdef MEDUSA_AVX2
 static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 static inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
@@ -188,31 +161,30 @@ static inline void dot_block(const W* w, size_t ldw, const float* x, size_t ldx,
         for (int r = 0; r < R; r++) out[m * ldo + r] = res[m][r];
 }
 
+// out[m] = sum_i w[i] * x[m][i] for m < M; x rows are contiguous with stride n (one weight row, M vectors).
+template <int M>
+static inline void dot_f32(const float* w, const float* x, int n, float* out) {
+    dot_block<1, M>(w, n, x, n, n, out, 1);
+}
+template <int M>
+static inline void dot_f16(const uint16_t* w, const float* x, int n, float* out) {
+    dot_block<1, M>(w, n, x, n, n, out, 1);
+}
+
 // Y[m, r] = W[r, :] . X[m, :] for all `rows` rows of row-major W [rows, n] and `m` vectors X [m, n] (ldx apart);
 // Y rows ldy apart. Vectors go MC at a time with 8 / MC weight rows per pass (at most 8 accumulators).
 template <class W>
 static inline void matmul_rows(const W* w, int rows, int n, const float* x, size_t ldx, int m, float* y, size_t ldy) {
     for (int m0 = 0; m0 < m; m0 += 8) {
-        const int mc = std::min(8, m - m0);
         const float* xb = x + m0 * ldx;
         float* yb = y + m0 * ldy;
-        auto run = [&](auto mc_tag) {
+        with_width(m - m0, [&](auto mc_tag) {
             constexpr int MC = decltype(mc_tag)::value;
             constexpr int R = MC >= 8 ? 1 : 8 / MC;
             int r = 0;
             for (; r + R <= rows; r += R) dot_block<R, MC>(w + (size_t)r * n, n, xb, ldx, n, yb + r, ldy);
             for (; r < rows; r++) dot_block<1, MC>(w + (size_t)r * n, n, xb, ldx, n, yb + r, ldy);
-        };
-        switch (mc) {
-            case 1: run(std::integral_constant<int, 1>()); break;
-            case 2: run(std::integral_constant<int, 2>()); break;
-            case 3: run(std::integral_constant<int, 3>()); break;
-            case 4: run(std::integral_constant<int, 4>()); break;
-            case 5: run(std::integral_constant<int, 5>()); break;
-            case 6: run(std::integral_constant<int, 6>()); break;
-            case 7: run(std::integral_constant<int, 7>()); break;
-            default: run(std::integral_constant<int, 8>()); break;
-        }
+        });
     }
 }
 

@@ -82,18 +82,8 @@ void rows_chunk(const Matrix& P, const float* xf, const int8_t* xq, const float*
 template <class Sink>
 void rows_all(const Matrix& P, const float* xf, const int8_t* xq, const float* xs, int m, int r0, int r1,
               Sink& sink) {
-    for (int j0 = 0; j0 < m; j0 += 8) {
-        switch (std::min(8, m - j0)) {
-            case 1: rows_chunk<1>(P, xf, xq, xs, j0, r0, r1, sink); break;
-            case 2: rows_chunk<2>(P, xf, xq, xs, j0, r0, r1, sink); break;
-            case 3: rows_chunk<3>(P, xf, xq, xs, j0, r0, r1, sink); break;
-            case 4: rows_chunk<4>(P, xf, xq, xs, j0, r0, r1, sink); break;
-            case 5: rows_chunk<5>(P, xf, xq, xs, j0, r0, r1, sink); break;
-            case 6: rows_chunk<6>(P, xf, xq, xs, j0, r0, r1, sink); break;
-            case 7: rows_chunk<7>(P, xf, xq, xs, j0, r0, r1, sink); break;
-            default: rows_chunk<8>(P, xf, xq, xs, j0, r0, r1, sink); break;
-        }
-    }
+    for (int j0 = 0; j0 < m; j0 += 8)
+        with_width(m - j0, [&](auto mc) { rows_chunk<decltype(mc)::value>(P, xf, xq, xs, j0, r0, r1, sink); });
 }
 
 // A bounded min-heap keeping the k best (score, id) pairs; ties go to the lower id, as np.argsort(-x, stable) does.

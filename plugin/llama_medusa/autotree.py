@@ -89,9 +89,9 @@ class HeadsCost:
         return {"fixed_s": self.fixed, "per_call_s": self.per_call, "per_row_s": self.per_row}
 
 
-# A tree must promise this much over plain decoding to be used: the model leaves out the decoder's per-step Python
-# time (0.5-1 ms a step on the 2-core CPUs) and the cost curve's own noise (a few %), and a tree predicted at 1.00x
-# measured 0.94x on F16 (BENCHMARKS.md, session 5).
+# A tree must promise this much over plain decoding to be used: the cost curve moves by a few % between
+# measurements on these shared machines, and a tree predicted at 1.00x measured 0.94x on F16 (BENCHMARKS.md,
+# session 5).
 MIN_GAIN = 1.05
 
 # A speculative step's time besides the verify pass and the heads, against a stock token priced at t(1), fitted to

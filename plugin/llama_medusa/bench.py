@@ -184,10 +184,12 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
         stock_runs.append(_timed_chat(stock, p, max_tokens))
         stock_ids.append([int(t) for t in stock.input_ids[: stock.n_tokens]])
     base = sum(dt for _, _, dt in stock_runs)
+    acc = None  # the heads' accuracy table, read once for the "grown-N" entries
     for entry in trees:
         choice, lk = entry if isinstance(entry, tuple) else (entry, lookup)
         if isinstance(choice, str) and choice.startswith("grown-"):
-            acc = autotree.accuracy_table_of(MedusaHeads.load(heads), 10)
+            if acc is None:
+                acc = autotree.accuracy_table_of(MedusaHeads.load(heads), 10)
             paths = [p for p, _ in autotree.grow_tree(acc, int(choice[6:]))]
         else:
             paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]

@@ -139,16 +139,16 @@ class Llama(llama_cpp.Llama):
             )
             drafter = HeadsDrafter(heads, engine, self._token_embedding() if heads.conditioned else None)
         self.medusa_auto = None
-        top1 = [float(a) for a in accuracy_table(drafter, 1)[:, 0]]  # where the lookup branch goes (LookupGate.first)
-        gate = LookupGate(medusa_lookup, heads_top1=top1) if medusa_lookup else None
+        priced = {}  # under "auto" the lookup gate prices its tokens with the chosen tree's cost model
         if isinstance(medusa_choices, str) and medusa_choices == "auto":
             medusa_choices = self._auto_choices(drafter, n_embd, medusa_top_k or 10, medusa_max_batch)
             a = self.medusa_auto
-            if not medusa_choices:
-                gate = None  # no tree wins: stock's own loop, which a lookup-only step's Python time would slow
-            elif gate is not None:
-                gate = LookupGate(medusa_lookup, a["cost_s"], a["expected_tokens"],
-                                  fixed_s=a["heads_s"] + a["step_overhead_s"], heads_top1=top1)
+            priced = dict(cost=a["cost_s"], expected=a["expected_tokens"], fixed_s=a["heads_s"] + a["step_overhead_s"])
+        gate = None
+        # no lookup either when auto finds no tree: stock's own loop, which a lookup-only step's Python time would slow
+        if medusa_lookup and (medusa_choices or not priced):
+            top1 = [float(p) for p in accuracy_table(drafter, 1)[:, 0]]  # where the branch goes (LookupGate.first)
+            gate = LookupGate(medusa_lookup, heads_top1=top1, **priced)
         tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
         if isinstance(drafter, HeadsDrafter):
             drafter.max_depth = max(tree.depth, 1)  # its propose() then skips heads the tree never reads

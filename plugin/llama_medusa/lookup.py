@@ -3,11 +3,11 @@
 Small models repeat their prompt and themselves (names, code identifiers, list templates); the continuation of the
 last n-gram's earlier occurrence is a cheap guess the heads do not make. It is found as llama-cpp-python's own
 `LlamaPromptLookupDecoding.find_candidate_pred_tokens` finds it (n-grams of 3, 2, then 1 token, earliest occurrence
-first; a test holds the two equal), in a few vectorised comparisons instead of its per-n sliding windows, which
-cost 0.3 ms per step here, 2% of a SmolLM2 token),
-walked down the heads' tree as far as its tokens match nodes there, and the rest hung below the last match as a
-chain. The verify pass checks both in one backbone call, so output is unchanged; only the speed and the tokens per
-pass move. On the bench and validation prompts it lifts SmolLM2's tokens per pass by 0.2-0.6 (BENCHMARKS.md).
+first; a test holds the two equal) in a few vectorised comparisons instead of its per-n sliding windows (which
+cost 0.3 ms per step here, 2% of a SmolLM2 token), then walked down the heads' tree as far as its tokens match
+nodes there, and the rest hung below the last match as a chain. The verify pass checks both in one backbone
+call, so output is unchanged; only the speed and the tokens per pass move. On the bench and validation prompts
+it lifts SmolLM2's tokens per pass by 0.2-0.6 (BENCHMARKS.md).
 
 How many of its tokens a step adds is the `LookupGate`'s call when the backbone's cost curve is known ("auto"):
 the j-th token is added while it raises expected tokens per second, its chance being the lookup's running hit

@@ -40,10 +40,10 @@ PRESETS: Dict[str, List[Tuple[int, ...]]] = {
 
 Choices = Union[str, Sequence[Sequence[int]]]
 
-# Rank given to the nodes of a grafted context-lookup branch: above every head rank, so the branch sorts after the
-# heads' candidates of its parent (the heads' top-1 chain stays first in the batch).
-GRAFT_RANK = 1 << 20  # rank of grafted lookup nodes: after the heads' children in batch order
-GRAFT_FIRST = GRAFT_RANK + 1  # the same, placed before the heads' children
+# Ranks given to the nodes of a grafted context-lookup branch (Tree.grafted): GRAFT_RANK is above every head rank,
+# so the branch sorts after the heads' candidates of its parent; GRAFT_FIRST sorts before them.
+GRAFT_RANK = 1 << 20
+GRAFT_FIRST = GRAFT_RANK + 1
 
 
 def resolve_choices(choices: Choices) -> List[Tuple[int, ...]]:
