@@ -63,23 +63,62 @@ def test_per_row_heads_cost_prices_branching():
 
 
 def test_lookup_gate_adds_nodes_by_cost_and_learns_hit_rates():
-    from llama_medusa.lookup import LookupGate
+    from llama_medusa.lookup import LookupGate, context_bucket
 
     flat = {T: 0.010 * (1 + 0.02 * (T - 1)) for T in range(1, 64)}
     steep = {T: 0.010 * (1 + 0.6 * (T - 1)) for T in range(1, 64)}  # a guess must be likely to pay
-    assert LookupGate(8).count(batch=1, matched=0, new=6) == 6  # no cost curve: every proposed token
-    assert LookupGate(8, flat).count(batch=1, matched=0, new=6) == 6
+    b = context_bucket(3)
+    assert LookupGate(8).count(batch=1, matched=0, new=6, bucket=b) == 6  # no cost curve: every proposed token
+    assert LookupGate(8, flat).count(batch=1, matched=0, new=6, bucket=b) == 6
     gate = LookupGate(8, steep)
-    assert gate.count(batch=1, matched=0, new=6) == 0
-    for _ in range(200):  # a text where the lookup is always right
-        gate.observe([5, 6, 7, 8], [5, 6, 7, 8, 9])
-    assert gate.rate(0) > 0.95 and gate.rate(3) > 0.95 and gate.rate(5) < 0.5  # depths never seen keep the prior
-    assert gate.count(batch=1, matched=0, new=4) == 4
-    seen, hits = gate.seen.copy(), gate.hits.copy()
-    gate.observe([5, 1], [5, 6, 7])  # right at depth 1, wrong at 2, depth 3 not proposed
-    assert list(gate.seen - seen)[:3] == [1, 1, 0] and list(gate.hits - hits)[:3] == [1, 0, 0]
+    assert gate.count(batch=1, matched=0, new=6, bucket=b) == 0
+    for _ in range(200):  # a text where 3-token matches are always right
+        gate.observe([5, 6, 7, 8], [5, 6, 7, 8, 9], b)
+    assert gate.rate(0, b) > 0.95 and gate.rate(3, b) > 0.95 and gate.rate(5, b) < 0.5  # unseen depths: the prior
+    assert gate.rate(0, context_bucket(1)) < 0.2  # other buckets keep their own rates
+    assert gate.count(batch=1, matched=0, new=4, bucket=b) == 4
+    assert gate.count(batch=1, matched=0, new=4, bucket=context_bucket(1)) == 0
+    seen, hits = gate.seen[b].copy(), gate.hits[b].copy()
+    gate.observe([5, 1], [5, 6, 7], b)  # right at depth 1, wrong at 2, depth 3 not proposed
+    assert list(gate.seen[b] - seen)[:3] == [1, 1, 0] and list(gate.hits[b] - hits)[:3] == [1, 0, 0]
     gate.reset()
-    assert gate.count(batch=1, matched=0, new=4) == 0
+    assert gate.count(batch=1, matched=0, new=4, bucket=b) == 0
+
+
+def test_lookup_gate_takes_the_best_count_not_the_first_break_even():
+    """On a curve where the second token of a batch costs most and the next ones little (llama.cpp's F16 on these
+    CPUs), a one-at-a-time rule stops before a chain that pays; the gate takes the count that maximises the
+    step's rate, and nothing that gains less than MIN_GAIN."""
+    from llama_medusa import lookup
+
+    f16 = {1: 0.010, 2: 0.014, 3: 0.0150, 4: 0.0158, 6: 0.018, 8: 0.0218}
+    gate = lookup.LookupGate(8, f16)
+    b = lookup.context_bucket(6)
+    gate.hits[b], gate.seen[b] = np.array([0.40, 0.38, 0.36, 0.34, 0.3, 0.2, 0.1, 0.1]), np.ones(8)
+    # one token: 1.40 / 1.40 t(1), no gain; four: 2.48 / 1.58 t(1)
+    assert gate.count(batch=1, matched=0, new=1, bucket=b) == 0
+    assert gate.count(batch=1, matched=0, new=8, bucket=b) >= 4
+    flat = {T: 0.010 * (1 + 0.001 * (T - 1)) for T in range(1, 10)}
+    meh = lookup.LookupGate(8, flat)
+    meh.hits[b], meh.seen[b] = np.full(8, 0.01), np.ones(8)  # +1% expected tokens for +0.1% time: below MIN_GAIN
+    assert meh.count(batch=1, matched=0, new=1, bucket=b) == 0
+
+
+def test_lookup_gate_chooses_between_the_context_and_the_answers():
+    from llama_medusa import lookup
+    from llama_medusa.answers import AnswerIndex, concatenate
+
+    index = AnswerIndex(concatenate([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [7, 8, 9]]))
+    gate = lookup.LookupGate(8, answers=index)
+    # the context repeats only its last token (a 1-token match, 14% right); the answers know 2 3 4 -> 5 6
+    chain, b = gate.draft(np.array([4, 9, 2, 3, 4]))
+    assert chain == [5, 6] and b == lookup.answers_bucket(1.0)
+    # a 6-token repeat in the context outranks the answers (the answers are not even asked)
+    ctx = np.array([2, 3, 4, 11, 12, 13, 14, 2, 3, 4, 11, 12, 13])
+    chain, b = gate.draft(ctx)
+    assert chain[:1] == [14] and b == lookup.context_bucket(6)
+    assert gate.draft(np.array([20, 21, 22])) == ([], -1)
+    assert lookup.answers_bucket(0.2) == lookup.CONTEXT_NGRAM and lookup.answers_bucket(0.95) == lookup.N_BUCKETS - 1
 
 
 def test_cost_cache_is_measured_again_on_a_machine_of_another_speed(tmp_path, monkeypatch):
@@ -113,12 +152,13 @@ def test_cost_cache_is_measured_again_on_a_machine_of_another_speed(tmp_path, mo
 def test_lookup_branch_goes_first_when_likelier_than_the_heads_child():
     from llama_medusa.lookup import LookupGate
 
+    b = 2
     gate = LookupGate(8, heads_top1=[0.4, 0.3])
     for _ in range(40):  # a text the lookup keeps guessing: its hit rates rise to ~1
-        gate.observe([1, 2, 3], [1, 2, 3, 4])
-    assert gate.first(0, 0) and gate.first(2, 1) and gate.first(0, 5)  # beyond the heads: always first
+        gate.observe([1, 2, 3], [1, 2, 3, 4], b)
+    assert gate.first(0, 0, b) and gate.first(2, 1, b) and gate.first(0, 5, b)  # beyond the heads: always first
     cold = LookupGate(8, heads_top1=[0.9, 0.9])
     for _ in range(40):  # a text it keeps missing
-        cold.observe([7, 8], [1, 2, 3])
-    assert not cold.first(0, 0) and not cold.first(1, 1)
-    assert cold.first(0, 2)  # no head fills depth 2: the branch has that node's children to itself
+        cold.observe([7, 8], [1, 2, 3], b)
+    assert not cold.first(0, 0, b) and not cold.first(1, 1, b)
+    assert cold.first(0, 2, b)  # no head fills depth 2: the branch has that node's children to itself

@@ -281,7 +281,7 @@ def test_lookup_branch_placed_first_keeps_its_tokens_and_output(model_path, refe
     redecoded = {}
     for place in ("first", "after"):
         llm = medusa(model_path, random_heads(), choices="small", medusa_lookup=8)
-        llm._medusa.lookup.first = lambda matched, depth, f=(place == "first"): f
+        llm._medusa.lookup.first = lambda matched, depth, bucket, f=(place == "first"): f
         assert medusa_tokens(llm, pt, 96, temp=0.0) == ref, place
         st = llm.medusa_stats
         assert st.lookup_accepted > 20, st
@@ -301,6 +301,25 @@ def test_shipped_heads_best_tree_with_lookup(model_path, reference):
     llm = Llama(model_path, medusa_heads=heads, medusa_choices=tree, verbose=False, n_ctx=N_CTX, **THREADS)
     assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
     assert llm.medusa_stats.mean_accepted > 2.0, llm.medusa_stats
+
+
+def test_lookup_alone_with_the_models_answers(model_path, reference):
+    """No heads tree (what "auto" picks where no tree pays, e.g. F16 weights here), the lookup priced with a cost
+    curve whose second token is expensive: steps speculate only where the context or the model's earlier answers
+    (stored in the shipped heads) make a draft likely; greedy output identical to stock, answer tokens accepted,
+    and far fewer lookup tokens verified than an ungated branch would."""
+    from llama_medusa.shipped import default_heads_path
+
+    pt, ref = reference(PROMPTS[1], 128)
+    heads = MedusaHeads.load(default_heads_path(model_path))
+    assert heads.answers is not None and len(heads.answers) > 100_000
+    llm = Llama(model_path, medusa_heads=heads, medusa_choices=[], verbose=False, n_ctx=N_CTX, **THREADS)
+    gate = llm._medusa.lookup
+    gate.cost, gate.fixed_s = {1: 0.010, 2: 0.014, 3: 0.015, 4: 0.016, 8: 0.022}, 0.0008
+    assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
+    st = llm.medusa_stats
+    assert st.answers_nodes > 0 and st.answers_accepted > 0 and st.lookup_accepted > st.answers_accepted, st
+    assert st.mean_accepted > 1.3 and st.lookup_nodes < 8 * st.steps / 2, st  # the gate grafts far from 8 a step
 
 
 def test_time_split_counts_the_heads_once(model_path, reference):

@@ -61,6 +61,27 @@ def test_trained_heads_roundtrip_with_draft_vocab(model_path, small_data, tmp_pa
     assert set(back.token_ids(ids).ravel()) <= set(heads.draft_vocab.tolist())
 
 
+def test_training_answers_feed_the_lookup(small_data):
+    """train stores the training split's greedy answers with the heads; the index built from them continues a
+    phrase of one of them (when it recurs) with that answer's next token."""
+    from llama_medusa.answers import SEPARATOR, AnswerIndex
+    from llama_medusa.train import train_answers
+
+    stored = train_answers(small_data)
+    parts = np.split(stored, np.flatnonzero(stored == SEPARATOR))
+    answers = [p[p != SEPARATOR] for p in parts if len(p[p != SEPARATOR])]
+    assert [a.tolist() for a in answers] == [t[n:].tolist() for t, _, n in small_data if len(t) > n]
+    index = AnswerIndex(stored, 49152)
+    hits = 0
+    for a in answers:
+        for i in range(6, len(a)):
+            got = index.next_token(a[:i].tolist())
+            if got is not None and got[1] == 1.0 and got[2] == 6:
+                assert got[0] == a[i]  # a 6-gram always followed by one token: this answer's
+                hits += 1
+    assert hits > 0
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "llama_medusa.cli", *args], capture_output=True, text=True)
 
@@ -84,7 +105,8 @@ def test_bench_json_fields(model_path, tmp_path):
     s = json.loads(out.read_text())
     for key in ("machine", "model", "heads", "tree", "verify_cost_ms", "verify_cost_ratio", "speedup_median",
                 "mean_accepted", "head_acceptance", "all_identical", "prompts", "lookup_speedup_median",
-                "time_split_ms", "overhead_fraction", "tokens_per_pass", "lookup", "divergences"):
+                "time_split_ms", "overhead_fraction", "tokens_per_pass", "lookup", "divergences", "lookup_nodes",
+                "lookup_accepted", "answers_nodes", "answers_accepted"):
         assert key in s, key
     assert s["divergences"] == [] and s["lookup"] == 8
     assert s["all_identical"] and len(s["prompts"]) == 2

@@ -128,6 +128,7 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
             row["lookup_identical"] = texts["lookup"] == texts["stock"]
         row.update(mean_accepted=st.mean_accepted, head_acceptance=st.head_acceptance, steps=st.steps,
                    medusa_tokens=st.tokens, lookup_nodes=st.lookup_nodes, lookup_accepted=st.lookup_accepted,
+                   answers_nodes=st.answers_nodes, answers_accepted=st.answers_accepted,
                    time_split_ms={"verify": st.time_verify * 1e3, "heads": st.time_heads * 1e3,
                                   "sample": st.time_sample * 1e3, "bookkeeping": st.time_bookkeeping * 1e3})
         rows.append(row)
@@ -150,6 +151,7 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         "head_acceptance": [statistics.mean(r["head_acceptance"][d] for r in rows if d < len(r["head_acceptance"]))
                             for d in range(n_heads)],
         "time_split_ms": split,
+        **{k: sum(r[k] for r in rows) for k in ("lookup_nodes", "lookup_accepted", "answers_nodes", "answers_accepted")},
         "overhead_fraction": (split["heads"] + split["sample"] + split["bookkeeping"]) / max(sum(split.values()), 1e-9),
         "all_identical": all(r["identical"] for r in rows),
         "divergences": [dict(r["divergence"], prompt=r["prompt"]) for r in rows if r.get("divergence")],
@@ -232,6 +234,8 @@ def format_table(s: dict) -> str:
         f"mean accepted {s['mean_accepted']:.2f} tokens/pass ({s['tokens_per_pass']:.2f} over all passes; lookup "
         f"branch up to {s['lookup']} tokens); acceptance by tree depth "
         + ", ".join(f"{a:.2f}" for a in s["head_acceptance"]),
+        f"lookup (last run): {s['lookup_accepted']} of {s['lookup_nodes']} grafted tokens accepted, of which from the "
+        f"model's stored answers {s['answers_accepted']} of {s['answers_nodes']}",
         f"outputs identical to stock: {'all' if s['all_identical'] else 'NOT all'}",
         *[f"  differs at token {d['position']} (prompt + answer): stock's top-2 logit gap there {d['top2_gap']:.4f} "
           f"({d['prompt'][:40]!r})" for d in s["divergences"]],

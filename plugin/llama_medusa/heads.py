@@ -57,6 +57,9 @@ class MedusaHeads:
     # Token conditioning: cond[k][j] is U_{k,j}, [inner of head k's first block, hidden]; head k may use chain
     # positions 0..k (root, then heads 0..k-1's top-1 drafts). None or all-empty = plain Medusa heads.
     cond: Optional[List[List[np.ndarray]]] = None
+    # The greedy answers the heads were trained on (token ids, answers.SEPARATOR between answers), or None: the
+    # lookup's second source (answers.py). Stored as the int32 tensor ``answers``.
+    answers: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if not self.blocks:
@@ -103,6 +106,12 @@ class MedusaHeads:
             if dv.ndim != 1 or len(dv) == 0 or dv.min() < 0 or np.any(np.diff(dv) <= 0):
                 raise ValueError(f"{self.source}: draft_vocab must be a non-empty, sorted list of distinct token ids")
             self.draft_vocab = dv.astype(np.int32)
+        if self.answers is not None:
+            a = np.asarray(self.answers)
+            if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or (len(a) and a.min() < -1):
+                raise ValueError(f"{self.source}: answers must be a 1-D array of token ids (-1 between answers), "
+                                 f"got {a.dtype} of shape {a.shape}")
+            self.answers = a.astype(np.int32)
 
     @property
     def n_heads(self) -> int:
@@ -168,6 +177,8 @@ class MedusaHeads:
                 tensors[f"head.{k}.cond.{j}"] = np.ascontiguousarray(u)
         if self.draft_vocab is not None:
             tensors["draft_vocab"] = np.ascontiguousarray(self.draft_vocab, dtype=np.int32)
+        if self.answers is not None:
+            tensors["answers"] = np.ascontiguousarray(self.answers, dtype=np.int32)
         if half:
             tensors = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in tensors.items()}
         meta = dict(self.meta)
@@ -192,6 +203,11 @@ class MedusaHeads:
             raise ValueError(
                 f"Medusa heads {self.source} project onto {self.vocab_size} tokens, but the model's vocabulary has "
                 f"{n_vocab}: these heads were trained for another model"
+            )
+        if self.answers is not None and len(self.answers) and int(self.answers.max()) >= n_vocab:
+            raise ValueError(
+                f"Medusa heads {self.source} store answers with token id {int(self.answers.max())}, but the model's "
+                f"vocabulary has {n_vocab} tokens: these heads were trained for another model"
             )
         if self.draft_vocab is not None and int(self.draft_vocab.max()) >= n_vocab:
             raise ValueError(
@@ -312,13 +328,15 @@ def _load_safetensors(path: str) -> MedusaHeads:
     except Exception as e:  # safetensors raises bare exceptions for some malformed headers
         raise ValueError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
     draft_vocab = tensors.pop("draft_vocab", None)
+    answers = tensors.pop("answers", None)
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
     if FORMAT_KEY in meta:
-        return _from_own(path, tensors, json.loads(meta[FORMAT_KEY]), draft_vocab)
+        return _from_own(path, tensors, json.loads(meta[FORMAT_KEY]), draft_vocab, answers)
     return _from_medusa(path, tensors)
 
 
-def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_vocab=None) -> MedusaHeads:
+def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_vocab=None,
+              answers=None) -> MedusaHeads:
     if int(meta.get("version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{path}: heads format version {meta.get('version')} is newer than this llama-medusa reads")
     n = int(meta["n_heads"])
@@ -339,7 +357,7 @@ def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_v
         if not head and proj[-1] is None:
             raise ValueError(f"{path}: head {k} has no tensors")
     return MedusaHeads(blocks, proj, int(meta["hidden_size"]), source=path, format="llama-medusa", meta=meta,
-                       draft_vocab=draft_vocab, cond=cond)
+                       draft_vocab=draft_vocab, cond=cond, answers=answers)
 
 
 def _from_medusa(path: str, t: Dict[str, np.ndarray]) -> MedusaHeads:

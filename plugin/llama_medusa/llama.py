@@ -32,7 +32,7 @@ import numpy as np
 import llama_cpp
 from llama_cpp import _internals as internals
 
-from . import lookup
+from . import answers, lookup
 from .autotree import accuracy_table
 from .drafter import HeadsDrafter
 from .heads import MedusaHeads
@@ -65,10 +65,10 @@ class Llama(llama_cpp.Llama):
             and the GPU module is built and sees a device; else the CPU), "cpu" or "gpu".
         medusa_max_batch: most tokens in one verify batch (tree + re-decoded tokens). The default keeps CPU
             output bit-identical to stock; larger trees are cut (last depth-first nodes first).
-        medusa_lookup: most tokens of the context-lookup branch grafted onto each step's tree (lookup.py: the
-            continuation of the last n-gram's earlier occurrence in prompt + output); 0 turns it off. With "auto"
-            a step adds them only while they raise expected tokens per second, and none when no heads tree wins
-            (stock's loop runs then).
+        medusa_lookup: most tokens of the lookup branch grafted onto each step's tree (lookup.py: the
+            continuation of the last n-gram's earlier occurrence in prompt + output, or of the model's own earlier
+            answers stored with the heads, answers.py); 0 turns it off. With "auto" a step adds as many as raise
+            its expected tokens per second; when no heads tree wins, steps where no lookup pays decode one token.
         posterior_threshold, posterior_alpha: opt-in typical acceptance (Medusa paper) at temperature > 0: a
             drafted child is accepted if p(child) > min(threshold, alpha * exp(-entropy)). Faster, but the output
             no longer follows the sampling distribution exactly. Ignored at temperature 0 and with a grammar.
@@ -145,10 +145,12 @@ class Llama(llama_cpp.Llama):
             a = self.medusa_auto
             priced = dict(cost=a["cost_s"], expected=a["expected_tokens"], fixed_s=a["heads_s"] + a["step_overhead_s"])
         gate = None
-        # no lookup either when auto finds no tree: stock's own loop, which a lookup-only step's Python time would slow
-        if medusa_lookup and (medusa_choices or not priced):
+        # under "auto" with no tree that pays, the lookup still speculates on the steps where it is likely right
+        if medusa_lookup:
             top1 = [float(p) for p in accuracy_table(drafter, 1)[:, 0]]  # where the branch goes (LookupGate.first)
-            gate = LookupGate(medusa_lookup, heads_top1=top1, **priced)
+            stored = getattr(getattr(drafter, "heads", None), "answers", None)
+            index = answers.index_of(stored, self._n_vocab) if stored is not None else None
+            gate = LookupGate(medusa_lookup, heads_top1=top1, answers=index, **priced)
         tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
         if isinstance(drafter, HeadsDrafter):
             drafter.max_depth = max(tree.depth, 1)  # its propose() then skips heads the tree never reads
@@ -548,11 +550,12 @@ class _MedusaRun:
             node_tokens = m.fill(hidden, context, tree, m.top_k)
             heads_s = time.perf_counter() - t1
             st.time_heads += heads_s
-        chain, grafted = [], ()
+        chain, grafted, bucket = [], (), -1
         if m.lookup is not None:
-            chain = lookup.propose(context, m.lookup_tokens)
+            chain, bucket = m.lookup.draft(context, len(pending) + len(tree))
             if chain:
-                tree, node_tokens, grafted = self._graft(tree, node_tokens, chain, room, deepest, len(pending))
+                tree, node_tokens, grafted = self._graft(tree, node_tokens, chain, bucket, room, deepest,
+                                                         len(pending))
 
         # 2. one backbone pass over pending + tree
         t1 = time.perf_counter()
@@ -584,9 +587,13 @@ class _MedusaRun:
         st.time_sample += t3 - t2
 
         if chain:
-            m.lookup.observe(chain, emitted)
+            m.lookup.observe(chain, emitted, bucket)
+            taken = len(set(path) & set(grafted))
             st.lookup_nodes += len(grafted)
-            st.lookup_accepted += len(set(path) & set(grafted))
+            st.lookup_accepted += taken
+            if bucket >= lookup.CONTEXT_NGRAM:
+                st.answers_nodes += len(grafted)
+                st.answers_accepted += taken
 
         # 4. results: logits rows for logprobs, the deepest accepted node's final-norm state for the heads
         if llm._logits_all:
@@ -607,15 +614,17 @@ class _MedusaRun:
         st.time_bookkeeping += time.perf_counter() - t3
         return emitted, rows, new_hidden
 
-    def _graft(self, tree: Tree, node_tokens: List[int], chain: List[int], room: int, deepest: int, n_pending: int):
+    def _graft(self, tree: Tree, node_tokens: List[int], chain: List[int], bucket: int, room: int, deepest: int,
+               n_pending: int):
         """Hangs the looked-up tokens that the tree does not already hold below the node where they leave it, as
         many as fit and as the gate finds worth their verify cost. Returns (tree, node tokens, grafted rows)."""
+        gate = self.m.lookup
         at, matched = lookup.graft_point(tree, node_tokens, chain)
         new = min(len(chain) - matched, room - len(tree), deepest - tree.nodes[at].depth)
-        n = self.m.lookup.count(n_pending + len(tree), matched, new) if new > 0 else 0
+        n = gate.count(n_pending + len(tree), matched, new, bucket) if new > 0 else 0
         if n <= 0:
             return tree, node_tokens, ()
-        grown, old_rows, chain_rows = tree.grafted(at, n, self.m.lookup.first(matched, tree.nodes[at].depth))
+        grown, old_rows, chain_rows = tree.grafted(at, n, gate.first(matched, tree.nodes[at].depth, bucket))
         tokens = [0] * len(grown)
         for i, j in enumerate(old_rows):
             tokens[j] = node_tokens[i]

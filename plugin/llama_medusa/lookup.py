@@ -1,18 +1,23 @@
-"""Context lookup: a branch grafted onto each step's tree from the text so far (prompt lookup decoding).
+"""Lookup: a branch grafted onto each step's tree from text already seen (prompt lookup decoding and REST).
 
-Small models repeat their prompt and themselves (names, code identifiers, list templates); the continuation of the
-last n-gram's earlier occurrence is a cheap guess the heads do not make. It is found as llama-cpp-python's own
-`LlamaPromptLookupDecoding.find_candidate_pred_tokens` finds it (n-grams of 3, 2, then 1 token, earliest occurrence
-first; a test holds the two equal) in a few vectorised comparisons instead of its per-n sliding windows (which
-cost 0.3 ms per step here, 2% of a SmolLM2 token), then walked down the heads' tree as far as its tokens match
-nodes there, and the rest hung below the last match as a chain. The verify pass checks both in one backbone
-call, so output is unchanged; only the speed and the tokens per pass move. On the bench and validation prompts
-it lifts SmolLM2's tokens per pass by 0.2-0.6 (BENCHMARKS.md).
+Small models repeat their prompt and themselves (names, code identifiers, list templates, whole sentences when
+greedy decoding loops), and answer alike across requests. Two sources propose a chain of tokens:
+- the context: the continuation of the last n-gram's earlier occurrence, found as llama-cpp-python's own
+  `LlamaPromptLookupDecoding.find_candidate_pred_tokens` finds it (longest n-gram first, earliest occurrence; a
+  test holds the two equal at its n <= 3) in a few vectorised comparisons instead of its per-n sliding windows
+  (0.3 ms per step here, 2% of a SmolLM2 token); the decoder looks for n-grams of up to 6 tokens, because the
+  length of the match says how likely the continuation is (1 token: 14% right, 6 tokens: 89%);
+- the model's own earlier answers (answers.py), when the heads file carries them.
+The chain is walked down the heads' tree as far as its tokens match nodes there, and the rest hung below the last
+match. The verify pass checks everything in one backbone call, so output is unchanged; only speed moves.
 
-How many of its tokens a step adds is the `LookupGate`'s call when the backbone's cost curve is known ("auto"):
-the j-th token is added while it raises expected tokens per second, its chance being the lookup's running hit
-rate at depth j in this generation (seeded with a prior); without a cost curve every proposed token is added.
-The gate also says whether the branch goes before or after the heads' children where it hangs (`first`).
+The `LookupGate` decides per step, from the backbone's cost curve when it is known ("auto"): which source's chain
+(the one worth more), how many of its tokens (as many as maximise expected tokens per second of the step, a
+token's chance being its bucket's running hit rate at that depth in this generation, seeded with measured priors),
+and whether the branch goes before or after the heads' children where it hangs (`first`). A step whose best
+count is zero decodes the heads' tree alone, or one token when there is none: on a backbone where no heads tree
+pays (SmolLM2 in F16 here) speculation happens only on steps where the lookup is likely right. Without a cost
+curve every proposed token is added.
 """
 from __future__ import annotations
 
@@ -22,30 +27,72 @@ import numpy as np
 
 from .autotree import interpolate
 
-MAX_NGRAM = 3
+MAX_NGRAM = 3  # llama-cpp-python's prompt-lookup default (what `propose` reproduces)
+CONTEXT_NGRAM = 6  # what the decoder searches for
 
-# P(the first j looked-up tokens are all right), measured on SmolLM2-135M's answers to the bench and validation
-# prompts (0.34-0.57 at j=1 depending on the prompt set): a starting point worth PRIOR_WEIGHT observations.
-PRIOR_HITS = (0.45, 0.35, 0.3, 0.25, 0.22, 0.2, 0.2, 0.2)
+# Buckets: a context match of n tokens is bucket n - 1 (n = 1..6); an answers continuation is bucket 6..9 by the
+# share of its first token (< 0.5, 0.5-0.7, 0.7-0.9, >= 0.9).
+N_BUCKETS = CONTEXT_NGRAM + 4
+SHARE_EDGES = (0.5, 0.7, 0.9)
+
+# P(the first j+1 drafted tokens are all right) per bucket, measured on SmolLM2-135M-Instruct's greedy answers to
+# 341 training prompts (every 10th, their answers kept out of the answers index built from the other 3,069):
+# 70,000 positions, BENCHMARKS.md session 7. A starting point worth PRIOR_WEIGHT observations.
+PRIOR_HITS = (
+    (0.14, 0.06, 0.04, 0.03, 0.02, 0.02, 0.01, 0.01),  # context, 1-token match
+    (0.48, 0.29, 0.20, 0.15, 0.12, 0.09, 0.08, 0.07),
+    (0.61, 0.41, 0.31, 0.25, 0.20, 0.16, 0.14, 0.13),
+    (0.69, 0.52, 0.41, 0.33, 0.27, 0.23, 0.22, 0.19),
+    (0.77, 0.61, 0.50, 0.40, 0.35, 0.32, 0.29, 0.26),
+    (0.89, 0.80, 0.74, 0.69, 0.64, 0.60, 0.57, 0.54),  # context, 6-token match
+    (0.19, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),  # answers, first share < 0.5
+    (0.33, 0.13, 0.07, 0.04, 0.02, 0.02, 0.01, 0.01),
+    (0.54, 0.30, 0.17, 0.11, 0.06, 0.04, 0.04, 0.03),
+    (0.78, 0.48, 0.31, 0.23, 0.19, 0.16, 0.14, 0.12),  # answers, first share >= 0.9
+)
 PRIOR_WEIGHT = 4.0
 
+# A branch must raise the step's expected tokens per second by this factor: below it the estimate is within the
+# noise of the hit rates and the cost curve (a 1-token context match in a repetitive text sits at break-even).
+MIN_GAIN = 1.02
 
-def propose(tokens: np.ndarray, max_tokens: int) -> List[int]:
+
+def context_bucket(n: int) -> int:
+    return min(max(n, 1), CONTEXT_NGRAM) - 1
+
+
+def answers_bucket(share: float) -> int:
+    return CONTEXT_NGRAM + int(np.searchsorted(SHARE_EDGES, share, side="right"))
+
+
+def propose(tokens: np.ndarray, max_tokens: int, max_ngram: int = MAX_NGRAM) -> List[int]:
     """The continuation of the last n-gram's earlier occurrence in `tokens` (up to max_tokens), or []."""
+    return find(tokens, max_tokens, max_ngram)[0]
+
+
+def find(tokens: np.ndarray, max_tokens: int, max_ngram: int = MAX_NGRAM) -> Tuple[List[int], int]:
+    """(continuation, n): as `propose`, with the length n of the n-gram matched (0 when none).
+
+    Every earlier occurrence of the last token is a candidate end of a match; each is extended backwards while
+    the tokens agree (up to max_ngram), and the earliest of the longest wins: the same answer as trying
+    n = max_ngram..1 over the whole context, in one comparison over the context and a few over the candidates."""
     ids = np.asarray(tokens)
     n_ids = len(ids)
-    if max_tokens <= 0 or n_ids < 2:
-        return []
-    for n in range(min(MAX_NGRAM, n_ids - 1), 0, -1):
-        # start positions i < n_ids - n (the match must be followed by at least one token) where ids[i:i+n] is the
-        # last n-gram
-        hit = ids[: n_ids - n] == ids[n_ids - n]
-        for j in range(1, n):
-            hit &= ids[j : n_ids - n + j] == ids[n_ids - n + j]
-        first = int(np.argmax(hit))
-        if hit[first]:
-            return [int(t) for t in ids[first + n : first + n + max_tokens]]
-    return []
+    if max_tokens <= 0 or n_ids < 2 or max_ngram < 1:
+        return [], 0
+    ends = np.flatnonzero(ids[: n_ids - 1] == ids[n_ids - 1])  # the match must be followed by a token
+    if len(ends) == 0:
+        return [], 0
+    length = np.ones(len(ends), dtype=np.int64)
+    for k in range(1, max_ngram):
+        grow = (length == k) & (ends >= k)
+        if not grow.any():
+            break
+        grow[grow] = ids[ends[grow] - k] == ids[n_ids - 1 - k]
+        length[grow] = k + 1
+    n = int(length.max())
+    end = int(ends[np.argmax(length == n)])
+    return [int(t) for t in ids[end + 1 : end + 1 + max_tokens]], n
 
 
 def graft_point(tree, node_tokens: Sequence[int], chain: Sequence[int]) -> Tuple[int, int]:
@@ -61,61 +108,83 @@ def graft_point(tree, node_tokens: Sequence[int], chain: Sequence[int]) -> Tuple
 
 
 class LookupGate:
-    """How many new lookup nodes a step adds, from the verify cost curve and the lookup's running hit rates.
+    """Which lookup chain a step verifies and how many of its tokens, from the verify cost curve and the sources'
+    running hit rates.
 
-    Adding a node that is right with probability p to a batch of T tokens is worth it when
-    (E + p) / (t(T+1) + f) > E / (t(T) + f), E being the step's expected tokens so far and f the step's time
-    besides the verify pass (the heads and the decoder's own overhead)."""
+    With E the step's expected tokens before the branch, T its batch and f its time besides the verify pass (the
+    heads and the decoder's own overhead), the branch's first n tokens are worth (E + sum of their chances) /
+    (t(T + n) + f); the gate takes the n that maximises it (the first token past a single one costs most on these
+    CPUs, the next ones little, so a greedy one-at-a-time rule would stop too early)."""
 
     def __init__(self, max_tokens: int, cost: Optional[Dict[int, float]] = None, expected: float = 1.0,
-                 fixed_s: float = 0.0, heads_top1: Sequence[float] = ()):
+                 fixed_s: float = 0.0, heads_top1: Sequence[float] = (), answers=None):
         self.max_tokens = max_tokens
         self.cost = cost
         self.expected = expected
         self.fixed_s = fixed_s
         self.heads_top1 = list(heads_top1)  # per depth: P(the heads' first child is right | its parent was)
+        self.answers = answers  # an answers.AnswerIndex, or None
         self.reset()
 
     def reset(self) -> None:
         """Forget the running hit rates (a new generation: another text, another rate)."""
-        prior = [PRIOR_HITS[min(j, len(PRIOR_HITS) - 1)] for j in range(self.max_tokens)]
-        self.hits = np.array(prior) * PRIOR_WEIGHT
-        self.seen = np.full(self.max_tokens, PRIOR_WEIGHT)
+        prior = np.array([[row[min(j, len(row) - 1)] for j in range(self.max_tokens)] for row in PRIOR_HITS])
+        self.hits = prior * PRIOR_WEIGHT
+        self.seen = np.full(prior.shape, PRIOR_WEIGHT)
 
-    def rate(self, j: int) -> float:
-        """Estimated P(the first j+1 looked-up tokens are right)."""
-        return float(self.hits[j] / self.seen[j])
+    def rate(self, j: int, bucket: int) -> float:
+        """Estimated P(the first j+1 tokens of a chain from `bucket` are right)."""
+        return float(self.hits[bucket, j] / self.seen[bucket, j])
 
-    def count(self, batch: int, matched: int, new: int) -> int:
-        """How many of `new` chain nodes (looked-up tokens matched..matched+new-1) to add to a batch of `batch`
-        tokens."""
+    def draft(self, context: np.ndarray, batch: int = 1) -> Tuple[List[int], int]:
+        """(chain, bucket): the likelier-worth of the context's and the answers' continuations ([], -1: none)."""
+        chain, n = find(context, self.max_tokens, CONTEXT_NGRAM)
+        best = (chain, context_bucket(n)) if chain else ([], -1)
+        if self.answers is not None and n < CONTEXT_NGRAM:
+            cont, share = self.answers.continuation(context, self.max_tokens)
+            if cont:
+                other = (cont, answers_bucket(share))
+                if not chain or self._worth(batch, 0, len(cont), other[1]) > self._worth(batch, 0, len(chain), best[1]):
+                    best = other
+        return best
+
+    def _worth(self, batch: int, matched: int, new: int, bucket: int) -> float:
+        n = self.count(batch, matched, new, bucket)
+        e = self.expected + sum(self.rate(j, bucket) for j in range(matched, matched + n))
+        if self.cost is None:
+            return e
+        return e / (interpolate(self.cost, batch + n) + self.fixed_s)
+
+    def count(self, batch: int, matched: int, new: int, bucket: int) -> int:
+        """How many of `new` chain nodes (chain tokens matched..matched+new-1) to add to a batch of `batch` tokens:
+        none unless they beat the step without them by MIN_GAIN."""
         if self.cost is None:
             return new
-        e, n = self.expected, 0
-        for j in range(matched, matched + new):
-            p = self.rate(j)
-            t0 = interpolate(self.cost, batch + n) + self.fixed_s
-            t1 = interpolate(self.cost, batch + n + 1) + self.fixed_s
-            if (e + p) * t0 <= e * t1:
-                break
-            e, n = e + p, n + 1
-        return n
+        e = self.expected
+        base = e / (interpolate(self.cost, batch) + self.fixed_s)
+        best_n, best = 0, base * MIN_GAIN
+        for k in range(new):
+            e += self.rate(matched + k, bucket)
+            v = e / (interpolate(self.cost, batch + k + 1) + self.fixed_s)
+            if v > best:
+                best_n, best = k + 1, v
+        return best_n
 
-    def first(self, matched: int, depth: int) -> bool:
+    def first(self, matched: int, depth: int, bucket: int) -> bool:
         """Whether the branch should go before the heads' children of the node at `depth` it hangs from, where
-        `matched` looked-up tokens already matched the tree: when its next token is likelier right than the heads'
+        `matched` chain tokens already matched the tree: when its next token is likelier right than the heads'
         first child there. The branch placed first keeps its accepted tokens in the cache; placed after, they are
         decoded again next step (10% of the batch on a lookup-heavy answer, BENCHMARKS.md session 6)."""
         p_heads = self.heads_top1[depth] if depth < len(self.heads_top1) else 0.0
-        p_look = self.rate(matched) / (self.rate(matched - 1) if matched else 1.0)
+        p_look = self.rate(matched, bucket) / (self.rate(matched - 1, bucket) if matched else 1.0)
         return p_look > p_heads
 
-    def observe(self, chain: Sequence[int], emitted: Sequence[int]) -> None:
-        """Update the hit rates with what the backbone produced after the root (`emitted`): depth j counts where
-        the output is known that far."""
+    def observe(self, chain: Sequence[int], emitted: Sequence[int], bucket: int) -> None:
+        """Update the bucket's hit rates with what the backbone produced after the root (`emitted`): depth j counts
+        where the output is known that far."""
         right = 0
         while right < min(len(chain), len(emitted)) and chain[right] == emitted[right]:
             right += 1
         known = min(len(chain), len(emitted), self.max_tokens)
-        self.seen[:known] += 1
-        self.hits[: min(right, known)] += 1
+        self.seen[bucket, :known] += 1
+        self.hits[bucket, : min(right, known)] += 1

@@ -11,8 +11,10 @@ class MedusaStats:
     tokens: int = 0  # tokens produced by those passes
     batch_tokens: int = 0  # tokens submitted to those passes (tree nodes + re-decoded ones)
     redecoded: int = 0  # accepted tokens decoded a second time to keep KV cells in position order
-    lookup_nodes: int = 0  # tree nodes grafted from the context lookup (lookup.py)
+    lookup_nodes: int = 0  # tree nodes grafted from the lookup (lookup.py)
     lookup_accepted: int = 0  # of those, accepted ones
+    answers_nodes: int = 0  # lookup nodes that came from the model's earlier answers (answers.py)
+    answers_accepted: int = 0  # of those, accepted ones
     # by tree depth d+1 (head d's level; levels below the heads' hold only lookup nodes):
     head_proposed: List[int] = field(default_factory=list)  # steps whose tree reached depth d+1
     head_accepted: List[int] = field(default_factory=list)  # steps in which a depth-(d+1) node was accepted

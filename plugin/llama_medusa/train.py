@@ -10,6 +10,7 @@
    vocabulary (the most frequent answer tokens), which is also all the heads ever propose at inference.
 3. Measure: per-head top-1..10 accuracy on the validation prompts (hand-written, not trained on), stored in the
    heads file for the tree choice, and on the held-out split of the training prompts.
+4. Keep the training split's answers (token ids) in the heads file: the lookup's second source (answers.py).
 """
 from __future__ import annotations
 
@@ -326,6 +327,7 @@ def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = AN
     embedding = TokenEmbedding.from_gguf(model_path) if conditioned else None
     heads = fit_heads(train_data, proj, n_heads=n_heads, draft_vocab=draft_vocab, inner=inner, epochs=epochs,
                       seed=seed, embedding=embedding, soft=soft, log=log)
+    heads.answers = train_answers(train_data)
     meta = {
         "n_vocab": int(proj.shape[0]), "trained_on": os.path.basename(model_path), "seed": seed,
         "method": ("token-conditioned heads, " if conditioned else "")
@@ -335,6 +337,13 @@ def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = AN
     }
     acc = measure_and_save(heads, model_path, out_path, test_data, meta, max_tokens, n_threads, proj, embedding, log)
     return heads, acc
+
+
+def train_answers(train_data) -> np.ndarray:
+    """The greedy answers of the training split, stored with the heads for the lookup's answers source."""
+    from .answers import concatenate
+
+    return concatenate([toks[n_prompt:] for toks, _, n_prompt in train_data])
 
 
 def measure_and_save(heads, model_path: str, out_path: str, split_data, meta: dict, max_tokens: int = ANSWER_TOKENS,
