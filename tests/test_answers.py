@@ -60,13 +60,13 @@ def test_index_equals_brute_force():
 def test_continuation_extends_while_shares_stay_high():
     index = AnswerIndex(concatenate([[1, 2, 3, 4, 5, 6, 7]] * 2 + [[1, 2, 3, 4, 9]] * 3))
     # after 1 2 3: 4 (5 of 5); after 1 2 3 4: 9 (3 of 5, share 0.6 >= KEEP_GOING: go on); then nothing known
-    chain, first = index.continuation([1, 2, 3], 8)
-    assert first == 1.0 and chain[:2] == [4, 9]
-    assert index.continuation([1, 2, 3], 1) == ([4], 1.0)
+    chain, first, n = index.continuation([1, 2, 3], 8)
+    assert first == 1.0 and n == 3 and chain[:2] == [4, 9]
+    assert index.continuation([1, 2, 3], 1) == ([4], 1.0, 3)
     low = AnswerIndex(concatenate([[1, 2, 3, 4, 8, 8]] * 2 + [[1, 2, 3, 5, 8, 8]] * 2 + [[1, 2, 3, 6]] * 2))
-    chain, first = low.continuation([1, 2, 3], 8)
+    chain, first, _ = low.continuation([1, 2, 3], 8)
     assert chain == [4] and abs(first - 1 / 3) < 1e-6  # a third: the chain stops after it
-    assert low.continuation([42, 43, 44], 8) == ([], 0.0)
+    assert low.continuation([42, 43, 44], 8) == ([], 0.0, 0)
 
 
 def test_find_is_the_earliest_of_the_longest_match():

@@ -112,13 +112,14 @@ def test_lookup_gate_chooses_between_the_context_and_the_answers():
     gate = lookup.LookupGate(8, answers=index)
     # the context repeats only its last token (a 1-token match, 14% right); the answers know 2 3 4 -> 5 6
     chain, b = gate.draft(np.array([4, 9, 2, 3, 4]))
-    assert chain == [5, 6] and b == lookup.answers_bucket(1.0)
+    assert chain == [5, 6] and b == lookup.answers_bucket(1.0, 3)
     # a 6-token repeat in the context outranks the answers (the answers are not even asked)
     ctx = np.array([2, 3, 4, 11, 12, 13, 14, 2, 3, 4, 11, 12, 13])
     chain, b = gate.draft(ctx)
     assert chain[:1] == [14] and b == lookup.context_bucket(6)
     assert gate.draft(np.array([20, 21, 22])) == ([], -1)
-    assert lookup.answers_bucket(0.2) == lookup.CONTEXT_NGRAM and lookup.answers_bucket(0.95) == lookup.N_BUCKETS - 1
+    assert lookup.answers_bucket(0.2, 3) == lookup.CONTEXT_NGRAM and lookup.answers_bucket(0.95, 6) == lookup.N_BUCKETS - 1
+    assert len(lookup.PRIOR_HITS) == lookup.N_BUCKETS
 
 
 def test_cost_cache_is_measured_again_on_a_machine_of_another_speed(tmp_path, monkeypatch):

@@ -98,22 +98,24 @@ class AnswerIndex:
                 return hit[0], hit[1], n
         return None
 
-    def continuation(self, context: Sequence[int], max_tokens: int) -> Tuple[List[int], float]:
-        """Up to max_tokens retrieved tokens after `context`, and the first one's share (0.0 when none)."""
+    def continuation(self, context: Sequence[int], max_tokens: int) -> Tuple[List[int], float, int]:
+        """Up to max_tokens retrieved tokens after `context`, the first one's share and the length of the n-gram
+        that found it ([], 0.0, 0 when none)."""
         window = [int(t) for t in context[-MAX_N:]]
         out: List[int] = []
-        first = 0.0
+        first, first_n = 0.0, 0
         while len(out) < max_tokens:
             hit = self.next_token(window)
             if hit is None:
                 break
-            tok, share, _ = hit
-            first = first or share
+            tok, share, n = hit
+            if not out:
+                first, first_n = share, n
             out.append(tok)
             window = window[1:] + [tok]
             if share < KEEP_GOING:
                 break
-        return out, first
+        return out, first, first_n
 
 
 def concatenate(answers: Sequence[Sequence[int]]) -> np.ndarray:

@@ -4,7 +4,8 @@ Everything above generate() (completion, chat templates, streaming, stop strings
 llama-cpp-python; this class changes how tokens are produced, not which ones:
 
 * Each step decodes [re-decoded tokens] + root + candidate tree (the heads' candidates, plus a branch looked up in
-  the context, lookup.py) in ONE batch. Every leaf of the tree is a llama.cpp sequence; a node belongs to the
+  the context or in the model's stored answers, lookup.py) in ONE batch; with no heads tree, a step whose lookup
+  does not pay decodes the root alone. Every leaf of the tree is a llama.cpp sequence; a node belongs to the
   sequences of the leaves below it, so the unified KV cache's per-cell sequence sets give each node exactly its
   ancestors as context (llama-cpp-python's Llama cannot express this: it has no
   n_seq_max / kv_unified arguments, so the context is rebuilt here).

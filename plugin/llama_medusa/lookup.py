@@ -25,32 +25,38 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .answers import MAX_N as ANSWERS_MAX_N
 from .autotree import interpolate
 
 MAX_NGRAM = 3  # llama-cpp-python's prompt-lookup default (what `propose` reproduces)
 CONTEXT_NGRAM = 6  # what the decoder searches for
 
-# Buckets: a context match of n tokens is bucket n - 1 (n = 1..6); an answers continuation is bucket 6..9 by the
-# share of its first token (< 0.5, 0.5-0.7, 0.7-0.9, >= 0.9).
-N_BUCKETS = CONTEXT_NGRAM + 4
+# Buckets: a context match of n tokens is bucket n - 1 (n = 1..6); an answers continuation is bucket 6..13 by the
+# share of its first token (< 0.5, 0.5-0.7, 0.7-0.9, >= 0.9), found by a 3..5-token n-gram or by a 6-token one
+# (at a share of 0.7-0.9: 38-63% right against 78%).
 SHARE_EDGES = (0.5, 0.7, 0.9)
+N_BUCKETS = CONTEXT_NGRAM + 2 * (len(SHARE_EDGES) + 1)
 
 # P(the first j+1 drafted tokens are all right) per bucket, measured on SmolLM2-135M-Instruct's greedy answers to
 # 341 training prompts (every 10th, their answers kept out of the answers index built from the other 3,069):
-# 70,000 positions, BENCHMARKS.md session 7. A starting point worth PRIOR_WEIGHT observations.
+# 52,251 positions, BENCHMARKS.md session 7. A starting point worth PRIOR_WEIGHT observations.
 PRIOR_HITS = (
     (0.14, 0.06, 0.04, 0.03, 0.02, 0.02, 0.01, 0.01),  # context, 1-token match
     (0.48, 0.29, 0.20, 0.15, 0.12, 0.09, 0.08, 0.07),
     (0.61, 0.41, 0.31, 0.25, 0.20, 0.16, 0.14, 0.13),
-    (0.69, 0.52, 0.41, 0.33, 0.27, 0.23, 0.22, 0.19),
+    (0.69, 0.52, 0.41, 0.34, 0.27, 0.23, 0.22, 0.19),
     (0.77, 0.61, 0.50, 0.40, 0.35, 0.32, 0.29, 0.26),
     (0.89, 0.80, 0.74, 0.69, 0.64, 0.60, 0.57, 0.54),  # context, 6-token match
-    (0.19, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),  # answers, first share < 0.5
-    (0.33, 0.13, 0.07, 0.04, 0.02, 0.02, 0.01, 0.01),
-    (0.54, 0.30, 0.17, 0.11, 0.06, 0.04, 0.04, 0.03),
-    (0.78, 0.48, 0.31, 0.23, 0.19, 0.16, 0.14, 0.12),  # answers, first share >= 0.9
+    (0.19, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),  # answers, 3..5-token n-gram, first share < 0.5
+    (0.32, 0.11, 0.06, 0.03, 0.02, 0.01, 0.01, 0.00),
+    (0.49, 0.22, 0.11, 0.06, 0.03, 0.02, 0.01, 0.01),
+    (0.70, 0.35, 0.16, 0.09, 0.06, 0.04, 0.03, 0.02),  # answers, 3..5-token n-gram, first share >= 0.9
+    (0.21, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),  # answers, 6-token n-gram, first share < 0.5
+    (0.37, 0.21, 0.13, 0.08, 0.06, 0.05, 0.04, 0.04),
+    (0.68, 0.53, 0.34, 0.22, 0.15, 0.12, 0.11, 0.09),
+    (0.89, 0.66, 0.52, 0.44, 0.38, 0.33, 0.29, 0.26),  # answers, 6-token n-gram, first share >= 0.9
 )
-PRIOR_WEIGHT = 4.0
+PRIOR_WEIGHT = 8.0
 
 # A branch must raise the step's expected tokens per second by this factor: below it the estimate is within the
 # noise of the hit rates and the cost curve (a 1-token context match in a repetitive text sits at break-even).
@@ -61,8 +67,9 @@ def context_bucket(n: int) -> int:
     return min(max(n, 1), CONTEXT_NGRAM) - 1
 
 
-def answers_bucket(share: float) -> int:
-    return CONTEXT_NGRAM + int(np.searchsorted(SHARE_EDGES, share, side="right"))
+def answers_bucket(share: float, n: int) -> int:
+    long = n >= ANSWERS_MAX_N
+    return CONTEXT_NGRAM + long * (len(SHARE_EDGES) + 1) + int(np.searchsorted(SHARE_EDGES, share, side="right"))
 
 
 def propose(tokens: np.ndarray, max_tokens: int, max_ngram: int = MAX_NGRAM) -> List[int]:
@@ -83,13 +90,10 @@ def find(tokens: np.ndarray, max_tokens: int, max_ngram: int = MAX_NGRAM) -> Tup
     ends = np.flatnonzero(ids[: n_ids - 1] == ids[n_ids - 1])  # the match must be followed by a token
     if len(ends) == 0:
         return [], 0
-    length = np.ones(len(ends), dtype=np.int64)
-    for k in range(1, max_ngram):
-        grow = (length == k) & (ends >= k)
-        if not grow.any():
-            break
-        grow[grow] = ids[ends[grow] - k] == ids[n_ids - 1 - k]
-        length[grow] = k + 1
+    k = np.arange(min(max_ngram, n_ids - 1))
+    back = ends[:, None] - k  # candidate c's token k places before its end
+    same = (back >= 0) & (ids[np.maximum(back, 0)] == ids[n_ids - 1 - k])
+    length = np.cumprod(same, axis=1).sum(axis=1)  # agreeing tokens counted back from the end
     n = int(length.max())
     end = int(ends[np.argmax(length == n)])
     return [int(t) for t in ids[end + 1 : end + 1 + max_tokens]], n
@@ -124,6 +128,8 @@ class LookupGate:
         self.fixed_s = fixed_s
         self.heads_top1 = list(heads_top1)  # per depth: P(the heads' first child is right | its parent was)
         self.answers = answers  # an answers.AnswerIndex, or None
+        self._times: List[float] = []
+        self._times_for = None
         self.reset()
 
     def reset(self) -> None:
@@ -137,38 +143,45 @@ class LookupGate:
         return float(self.hits[bucket, j] / self.seen[bucket, j])
 
     def draft(self, context: np.ndarray, batch: int = 1) -> Tuple[List[int], int]:
-        """(chain, bucket): the likelier-worth of the context's and the answers' continuations ([], -1: none)."""
+        """(chain, bucket): the context's or the answers' continuation, whichever is worth more ([], -1: none)."""
         chain, n = find(context, self.max_tokens, CONTEXT_NGRAM)
         best = (chain, context_bucket(n)) if chain else ([], -1)
         if self.answers is not None and n < CONTEXT_NGRAM:
-            cont, share = self.answers.continuation(context, self.max_tokens)
+            cont, share, m = self.answers.continuation(context, self.max_tokens)
             if cont:
-                other = (cont, answers_bucket(share))
-                if not chain or self._worth(batch, 0, len(cont), other[1]) > self._worth(batch, 0, len(chain), best[1]):
+                other = (cont, answers_bucket(share, m))
+                if not chain or self._best(batch, 0, len(cont), other[1])[1] > self._best(batch, 0, len(chain), best[1])[1]:
                     best = other
         return best
-
-    def _worth(self, batch: int, matched: int, new: int, bucket: int) -> float:
-        n = self.count(batch, matched, new, bucket)
-        e = self.expected + sum(self.rate(j, bucket) for j in range(matched, matched + n))
-        if self.cost is None:
-            return e
-        return e / (interpolate(self.cost, batch + n) + self.fixed_s)
 
     def count(self, batch: int, matched: int, new: int, bucket: int) -> int:
         """How many of `new` chain nodes (chain tokens matched..matched+new-1) to add to a batch of `batch` tokens:
         none unless they beat the step without them by MIN_GAIN."""
-        if self.cost is None:
-            return new
+        return self._best(batch, matched, new, bucket)[0]
+
+    def _best(self, batch: int, matched: int, new: int, bucket: int) -> Tuple[int, float]:
+        """(count, the step's expected tokens per second with it; without a cost curve: expected tokens)."""
+        hits, seen = self.hits[bucket], self.seen[bucket]
         e = self.expected
-        base = e / (interpolate(self.cost, batch) + self.fixed_s)
-        best_n, best = 0, base * MIN_GAIN
+        if self.cost is None:
+            return new, e + float(np.sum(hits[matched : matched + new] / seen[matched : matched + new]))
+        t = self._step_times(batch + new)
+        best_n, best = 0, e / t[batch] * MIN_GAIN
         for k in range(new):
-            e += self.rate(matched + k, bucket)
-            v = e / (interpolate(self.cost, batch + k + 1) + self.fixed_s)
+            e += hits[matched + k] / seen[matched + k]
+            v = e / t[batch + k + 1]
             if v > best:
                 best_n, best = k + 1, v
-        return best_n
+        return best_n, (best if best_n else best / MIN_GAIN)
+
+    def _step_times(self, up_to: int) -> List[float]:
+        """t(T) + fixed time for T = 0..up_to (index T), extended on demand."""
+        if self._times_for != (id(self.cost), self.fixed_s):  # the curve was replaced
+            self._times, self._times_for = [], (id(self.cost), self.fixed_s)
+        t = self._times
+        while len(t) <= up_to:
+            t.append(interpolate(self.cost, max(len(t), 1)) + self.fixed_s)
+        return t
 
     def first(self, matched: int, depth: int, bucket: int) -> bool:
         """Whether the branch should go before the heads' children of the node at `depth` it hangs from, where
