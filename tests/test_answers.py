@@ -99,6 +99,8 @@ def test_malformed_answers_are_refused(bad, message):
         MedusaHeads(heads.blocks, heads.proj, 8, answers=bad)
     with pytest.raises(ValueError, match="answers must be a 1-D array"):
         AnswerIndex(np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="answers hold -7: token ids are >= 0"):
+        AnswerIndex(np.array([1, -7, 2]))
 
 
 def test_answers_from_another_model_are_refused(tmp_path):

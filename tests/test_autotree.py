@@ -118,7 +118,8 @@ def test_lookup_gate_chooses_between_the_context_and_the_answers():
     chain, b = gate.draft(ctx)
     assert chain[:1] == [14] and b == lookup.context_bucket(6)
     assert gate.draft(np.array([20, 21, 22])) == ([], -1)
-    assert lookup.answers_bucket(0.2, 3) == lookup.CONTEXT_NGRAM and lookup.answers_bucket(0.95, 6) == lookup.N_BUCKETS - 1
+    assert lookup.answers_bucket(0.2, 3) == lookup.CONTEXT_NGRAM
+    assert lookup.answers_bucket(0.95, 6) == lookup.N_BUCKETS - 1
     assert len(lookup.PRIOR_HITS) == lookup.N_BUCKETS
 
 

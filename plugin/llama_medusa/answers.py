@@ -50,17 +50,17 @@ class AnswerIndex:
         if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"answers must be a 1-D array of token ids, got {a.dtype} of shape {a.shape}")
         a = a.astype(np.int64)
-        if len(a) and (a.min() < SEPARATOR or (n_vocab is not None and a.max() >= n_vocab)):
-            bad = int(a.max()) if n_vocab is not None and a.max() >= n_vocab else int(a.min())
-            raise ValueError(f"answers hold token id {bad}, outside the model's vocabulary of {n_vocab} "
+        if len(a) and a.min() < SEPARATOR:
+            raise ValueError(f"answers hold {int(a.min())}: token ids are >= 0, with {SEPARATOR} between answers")
+        if len(a) and n_vocab is not None and a.max() >= n_vocab:
+            raise ValueError(f"answers hold token id {int(a.max())}, outside the model's vocabulary of {n_vocab} "
                              "(were they written for another model?)")
         self.n_tokens = int(np.sum(a >= 0))
-        self.tables = {}
+        # built with numpy, queried through dicts: a step asks up to 4 n-grams per drafted token, and a dict probe
+        # costs a tenth of a numpy binary search's call
         self._lookup = {}
         for n in range(MIN_N, MAX_N + 1):
-            self.tables[n] = keys, toks, shares = self._table(a, n)
-            # a dict for queries: a step asks up to 4 n-grams per drafted token, and a dict probe costs a tenth
-            # of a numpy binary search's call
+            keys, toks, shares = self._table(a, n)
             self._lookup[n] = dict(zip(keys.tolist(), zip(toks.tolist(), shares.tolist())))
 
     @staticmethod

@@ -151,7 +151,8 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         "head_acceptance": [statistics.mean(r["head_acceptance"][d] for r in rows if d < len(r["head_acceptance"]))
                             for d in range(n_heads)],
         "time_split_ms": split,
-        **{k: sum(r[k] for r in rows) for k in ("lookup_nodes", "lookup_accepted", "answers_nodes", "answers_accepted")},
+        **{k: sum(r[k] for r in rows) for k in ("lookup_nodes", "lookup_accepted", "answers_nodes",
+                                                 "answers_accepted")},
         "overhead_fraction": (split["heads"] + split["sample"] + split["bookkeeping"]) / max(sum(split.values()), 1e-9),
         "all_identical": all(r["identical"] for r in rows),
         "divergences": [dict(r["divergence"], prompt=r["prompt"]) for r in rows if r.get("divergence")],

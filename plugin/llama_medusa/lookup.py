@@ -149,9 +149,9 @@ class LookupGate:
         if self.answers is not None and n < CONTEXT_NGRAM:
             cont, share, m = self.answers.continuation(context, self.max_tokens)
             if cont:
-                other = (cont, answers_bucket(share, m))
-                if not chain or self._best(batch, 0, len(cont), other[1])[1] > self._best(batch, 0, len(chain), best[1])[1]:
-                    best = other
+                b = answers_bucket(share, m)
+                if not chain or self._best(batch, 0, len(cont), b)[1] > self._best(batch, 0, len(chain), best[1])[1]:
+                    best = (cont, b)
         return best
 
     def count(self, batch: int, matched: int, new: int, bucket: int) -> int:
