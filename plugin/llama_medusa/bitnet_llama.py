@@ -236,7 +236,7 @@ class BitnetLlama(Llama):
         return base + len(node_tokens)
 
     def _node_logits(self, i: int) -> np.ndarray:
-        return self._vlogits[self._medusa.base + i].copy()
+        return self._vlogits[self._medusa.base + i]  # a view, valid until the next verify (as Llama's)
 
     def _sample_node(self, i: int) -> int:
         return self._sample_row(self._vlogits[self._medusa.base + i])

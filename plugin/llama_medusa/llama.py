@@ -248,8 +248,10 @@ class Llama(llama_cpp.Llama):
         return n
 
     def _node_logits(self, i: int) -> np.ndarray:
+        """Node i's logits: a view of llama.cpp's buffer, valid until the next decode (the step's walk, stopping
+        criteria and logprobs all read it before then; a copy per token was 0.09 ms, 0.7% of a SmolLM2 token)."""
         ptr = llama_cpp.llama_get_logits_ith(self._ctx.ctx, self._medusa.base + i)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
 
     def _sample_node(self, i: int) -> int:
         return self._sampler.sample(self._ctx, self._medusa.base + i)
