@@ -11,6 +11,7 @@ from conftest import N_CTX, PROMPTS, THREADS, chat_prompt, stock_tokens
 from oracle import OracleDrafter
 
 from llama_medusa import Llama, MedusaHeads
+from llama_medusa.lookup import LookupGate
 from llama_medusa.tree import MC_SIM_7B_63
 
 MID_TREE = MC_SIM_7B_63[:24]  # 25 nodes: several branches at every level
@@ -314,8 +315,9 @@ def test_lookup_alone_with_the_models_answers(model_path, reference):
     heads = MedusaHeads.load(default_heads_path(model_path))
     assert heads.answers is not None and len(heads.answers) > 100_000
     llm = Llama(model_path, medusa_heads=heads, medusa_choices=[], verbose=False, n_ctx=N_CTX, **THREADS)
-    gate = llm._medusa.lookup
-    gate.cost, gate.fixed_s = {1: 0.010, 2: 0.014, 3: 0.015, 4: 0.016, 8: 0.022}, 0.0008
+    old = llm._medusa.lookup
+    llm._medusa.lookup = LookupGate(old.max_tokens, cost={1: 0.010, 2: 0.014, 3: 0.015, 4: 0.016, 8: 0.022},
+                                    fixed_s=0.0008, heads_top1=old.heads_top1, answers=old.answers)
     assert medusa_tokens(llm, pt, 128, temp=0.0) == ref
     st = llm.medusa_stats
     assert st.answers_nodes > 0 and st.answers_accepted > 0 and st.lookup_accepted > st.answers_accepted, st

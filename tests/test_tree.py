@@ -65,7 +65,7 @@ def test_grafted_lookup_branch():
 
 
 def test_lookup_finds_what_llama_cpp_python_finds():
-    """lookup.propose is llama-cpp-python's prompt-lookup search (n-grams 3..1, earliest match), vectorised."""
+    """lookup.find is llama-cpp-python's prompt-lookup search (n-grams 3..1, earliest match), vectorised."""
     import numpy as np
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
@@ -75,5 +75,5 @@ def test_lookup_finds_what_llama_cpp_python_finds():
     for trial in range(400):
         ids = rng.integers(0, 2 + trial % 12, size=int(rng.integers(1, 60))).astype(np.intc)
         want = LlamaPromptLookupDecoding.find_candidate_pred_tokens(ids, lookup.MAX_NGRAM, 8).tolist()
-        assert lookup.propose(ids, 8) == (want if len(ids) >= 2 else []), ids
-    assert lookup.propose(np.array([1, 2, 3, 1, 2]), 0) == []
+        assert lookup.find(ids, 8)[0] == (want if len(ids) >= 2 else []), ids
+    assert lookup.find(np.array([1, 2, 3, 1, 2]), 0) == ([], 0)

@@ -28,7 +28,7 @@ import numpy as np
 from .answers import MAX_N as ANSWERS_MAX_N
 from .autotree import interpolate
 
-MAX_NGRAM = 3  # llama-cpp-python's prompt-lookup default (what `propose` reproduces)
+MAX_NGRAM = 3  # llama-cpp-python's prompt-lookup default (what `find` reproduces by default)
 CONTEXT_NGRAM = 6  # what the decoder searches for
 
 # Buckets: a context match of n tokens is bucket n - 1 (n = 1..6); an answers continuation is bucket 6..13 by the
@@ -72,13 +72,9 @@ def answers_bucket(share: float, n: int) -> int:
     return CONTEXT_NGRAM + long * (len(SHARE_EDGES) + 1) + int(np.searchsorted(SHARE_EDGES, share, side="right"))
 
 
-def propose(tokens: np.ndarray, max_tokens: int, max_ngram: int = MAX_NGRAM) -> List[int]:
-    """The continuation of the last n-gram's earlier occurrence in `tokens` (up to max_tokens), or []."""
-    return find(tokens, max_tokens, max_ngram)[0]
-
-
 def find(tokens: np.ndarray, max_tokens: int, max_ngram: int = MAX_NGRAM) -> Tuple[List[int], int]:
-    """(continuation, n): as `propose`, with the length n of the n-gram matched (0 when none).
+    """(continuation, n): the continuation of the last n-gram's earlier occurrence in `tokens` (up to max_tokens)
+    and the length n of the n-gram matched ([], 0 when none).
 
     Every earlier occurrence of the last token is a candidate end of a match; each is extended backwards while
     the tokens agree (up to max_ngram), and the earliest of the longest wins: the same answer as trying
@@ -129,7 +125,6 @@ class LookupGate:
         self.heads_top1 = list(heads_top1)  # per depth: P(the heads' first child is right | its parent was)
         self.answers = answers  # an answers.AnswerIndex, or None
         self._times: List[float] = []
-        self._times_for = None
         self.reset()
 
     def reset(self) -> None:
@@ -176,8 +171,6 @@ class LookupGate:
 
     def _step_times(self, up_to: int) -> List[float]:
         """t(T) + fixed time for T = 0..up_to (index T), extended on demand."""
-        if self._times_for != (id(self.cost), self.fixed_s):  # the curve was replaced
-            self._times, self._times_for = [], (id(self.cost), self.fixed_s)
         t = self._times
         while len(t) <= up_to:
             t.append(interpolate(self.cost, max(len(t), 1)) + self.fixed_s)
