@@ -1,5 +1,6 @@
 """The hardware-aware tree choice: direction of its answers on known cost curves, and its accuracy model."""
 import numpy as np
+import pytest
 
 from llama_medusa import autotree
 
@@ -134,21 +135,24 @@ def test_cost_cache_is_measured_again_on_a_machine_of_another_speed(tmp_path, mo
         class model_params:
             n_gpu_layers = 0
 
-        def __init__(self, t1):
-            self.t1, self.calls = t1, []
+        def __init__(self, t1, slope=0.5):
+            self.t1, self.slope, self.calls = t1, slope, []
 
         def _measure_verify(self, sizes, repeats):
             self.calls.append(list(sizes))
-            return {T: self.t1 * (1 + 0.5 * (T - 1)) for T in sizes}
+            return {T: self.t1 * (1 + self.slope * (T - 1)) for T in sizes}
 
     first = Fake(0.010)
     curve = autotree.cost_curve(first, sizes=(1, 2, 4))
     assert first.calls == [[1, 2, 4]] and curve[1] == 0.010
-    same = Fake(0.011)  # within the tolerance: the cached curve, after one quick t(1)
-    assert autotree.cost_curve(same, sizes=(1, 2, 4)) == curve and same.calls == [[1]]
+    same = Fake(0.011)  # within the tolerance: the cached curve, after a quick t(1) and t(2)
+    assert autotree.cost_curve(same, sizes=(1, 2, 4)) == curve and same.calls == [[1, 2]]
     slower = Fake(0.015)  # another machine with the same CPU name: measured again
     again = autotree.cost_curve(slower, sizes=(1, 2, 4))
-    assert slower.calls == [[1], [1, 2, 4]] and again[1] == 0.015
+    assert slower.calls == [[1, 2], [1, 2, 4]] and again[1] == 0.015
+    steeper = Fake(0.015, slope=0.7)  # the same t(1), a second token 13% dearer (t(2)/t(1) 1.7 against 1.5)
+    again = autotree.cost_curve(steeper, sizes=(1, 2, 4))
+    assert steeper.calls == [[1, 2], [1, 2, 4]] and again[2] == pytest.approx(0.015 * 1.7)
 
 
 def test_lookup_branch_goes_first_when_likelier_than_the_heads_child():
