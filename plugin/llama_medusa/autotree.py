@@ -232,7 +232,7 @@ def time_llama_decode(llm, sizes: Sequence[int], repeats: int) -> Dict[int, floa
         # sizes interleaved, round after round: a slow spell on this shared machine hits all sizes alike instead
         # of skewing one size's median (t(2)/t(1) read 1.00 and 1.20 in two sequential runs here). The big sizes
         # go last, in rounds of their own, so that t(1) and t(2) are timed among small batches only, as the quick
-        # check of a cached curve times them (six checks after a fresh curve here: within 1-5% of it)
+        # check of a cached curve times them (24 checks right after six fresh curves here: within 0-8%)
         small = [T for T in sizes if T < BIG_BATCH]
         for group, n in ((small, repeats), ([T for T in sizes if T >= BIG_BATCH], min(repeats, BIG_REPEATS))):
             for rnd in range(n + 1):  # round 0 warms each size's graph
