@@ -158,7 +158,8 @@ def cpu_name() -> str:
 CACHE_TOLERANCE = 0.2  # a cached curve whose t(1) is further than this from a fresh one is measured again
 SHAPE_TOLERANCE = 0.1  # ... or whose t(2)/t(1) is further than this from a fresh one's: the ratio is what `auto` and
 # the lookup gate price
-COST_PROTOCOL = 2  # part of the cache key: curves measured before 2 timed every size after a bigger one
+COST_PROTOCOL = 2  # part of the cache key: protocol 1 timed each size right after the one before it in
+# 1..63 (t(1) after a 63-token batch, with embeddings on)
 
 
 def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 7, use_cache: bool = True) -> Dict[int, float]:
@@ -177,7 +178,7 @@ def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 7, use_cac
         # one and 1.62 on the other): a quick t(1) and t(2) must agree with the file before the file is trusted.
         now = llm._measure_verify([1, 2], 6)
         if (abs(now[1] / cached[1] - 1.0) <= CACHE_TOLERANCE
-                and abs((now[2] / now[1]) / (cached[2] / cached[1]) - 1.0) <= SHAPE_TOLERANCE):
+                and abs((now[2] / now[1]) / (interpolate(cached, 2) / cached[1]) - 1.0) <= SHAPE_TOLERANCE):
             return cached
     out = llm._measure_verify(sizes, repeats)
     # A bigger batch never costs less: a slow outlier (another process, a page fault) at one size must not
