@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .answers import SEPARATOR
+
 Block = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]  # (w_in, b_in, w_out)
 
 FORMAT_KEY = "llama_medusa"
@@ -108,9 +110,9 @@ class MedusaHeads:
             self.draft_vocab = dv.astype(np.int32)
         if self.answers is not None:
             a = np.asarray(self.answers)
-            if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or (len(a) and a.min() < -1):
-                raise ValueError(f"{self.source}: answers must be a 1-D array of token ids (-1 between answers), "
-                                 f"got {a.dtype} of shape {a.shape}")
+            if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or (len(a) and a.min() < SEPARATOR):
+                raise ValueError(f"{self.source}: answers must be a 1-D array of token ids ({SEPARATOR} between "
+                                 f"answers), got {a.dtype} of shape {a.shape}")
             self.answers = a.astype(np.int32)
 
     @property
