@@ -42,19 +42,28 @@ def _hash(window: Sequence[int]) -> int:
     return h
 
 
+def check(answers, n_vocab: Optional[int] = None, what: str = "answers") -> np.ndarray:
+    """`answers` as an int32 array, or a ValueError that says what is wrong with it (`what` names it there).
+
+    The one check of the format, for the heads file (load and model match) and for the index built from it.
+    """
+    a = np.asarray(answers)
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{what} must be a 1-D array of token ids ({SEPARATOR} between answers), "
+                         f"got {a.dtype} of shape {a.shape}")
+    if len(a) and a.min() < SEPARATOR:
+        raise ValueError(f"{what} hold {int(a.min())}: token ids are >= 0, with {SEPARATOR} between answers")
+    if len(a) and n_vocab is not None and a.max() >= n_vocab:
+        raise ValueError(f"{what} hold token id {int(a.max())}, outside the model's vocabulary of {n_vocab} "
+                         "tokens (were they written for another model?)")
+    return a.astype(np.int32)
+
+
 class AnswerIndex:
     """n-gram -> (most frequent next token, its share) over a set of answers."""
 
     def __init__(self, answers: np.ndarray, n_vocab: Optional[int] = None):
-        a = np.asarray(answers)
-        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"answers must be a 1-D array of token ids, got {a.dtype} of shape {a.shape}")
-        a = a.astype(np.int64)
-        if len(a) and a.min() < SEPARATOR:
-            raise ValueError(f"answers hold {int(a.min())}: token ids are >= 0, with {SEPARATOR} between answers")
-        if len(a) and n_vocab is not None and a.max() >= n_vocab:
-            raise ValueError(f"answers hold token id {int(a.max())}, outside the model's vocabulary of {n_vocab} "
-                             "(were they written for another model?)")
+        a = check(answers, n_vocab).astype(np.int64)
         self.n_tokens = int(np.sum(a >= 0))
         # built with numpy, queried through dicts: a step asks up to 4 n-grams per drafted token, and a dict probe
         # costs a tenth of a numpy binary search's call

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .answers import SEPARATOR
+from .answers import check as check_answers
 
 Block = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]  # (w_in, b_in, w_out)
 
@@ -109,11 +109,7 @@ class MedusaHeads:
                 raise ValueError(f"{self.source}: draft_vocab must be a non-empty, sorted list of distinct token ids")
             self.draft_vocab = dv.astype(np.int32)
         if self.answers is not None:
-            a = np.asarray(self.answers)
-            if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or (len(a) and a.min() < SEPARATOR):
-                raise ValueError(f"{self.source}: answers must be a 1-D array of token ids ({SEPARATOR} between "
-                                 f"answers), got {a.dtype} of shape {a.shape}")
-            self.answers = a.astype(np.int32)
+            self.answers = check_answers(self.answers, what=f"{self.source}: answers")
 
     @property
     def n_heads(self) -> int:
@@ -206,11 +202,8 @@ class MedusaHeads:
                 f"Medusa heads {self.source} project onto {self.vocab_size} tokens, but the model's vocabulary has "
                 f"{n_vocab}: these heads were trained for another model"
             )
-        if self.answers is not None and len(self.answers) and int(self.answers.max()) >= n_vocab:
-            raise ValueError(
-                f"Medusa heads {self.source} store answers with token id {int(self.answers.max())}, but the model's "
-                f"vocabulary has {n_vocab} tokens: these heads were trained for another model"
-            )
+        if self.answers is not None:
+            check_answers(self.answers, n_vocab, what=f"Medusa heads {self.source}: answers")
         if self.draft_vocab is not None and int(self.draft_vocab.max()) >= n_vocab:
             raise ValueError(
                 f"Medusa heads {self.source} draft from token id {int(self.draft_vocab.max())}, but the model's "
