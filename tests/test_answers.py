@@ -92,6 +92,7 @@ def test_find_is_the_earliest_of_the_longest_match():
     (np.zeros((2, 3), np.int32), "1-D array of token ids"),
     (np.array([0.5, 1.0], np.float32), "1-D array of token ids"),
     (np.array([1, -7, 2], np.int32), "answers hold -7: token ids are >= 0"),
+    (np.array([1, 2**32 + 5], np.int64), "answers hold 4294967301, which is no token id"),
 ])
 def test_malformed_answers_are_refused(bad, message):
     heads = MedusaHeads([[(np.zeros((8, 8), np.float32), None, None)]], [None], 8)

@@ -53,6 +53,8 @@ def check(answers, n_vocab: Optional[int] = None, what: str = "answers") -> np.n
                          f"got {a.dtype} of shape {a.shape}")
     if len(a) and a.min() < SEPARATOR:
         raise ValueError(f"{what} hold {int(a.min())}: token ids are >= 0, with {SEPARATOR} between answers")
+    if len(a) and a.max() > np.iinfo(np.int32).max:  # stored as int32: a bigger id would wrap, not fail
+        raise ValueError(f"{what} hold {int(a.max())}, which is no token id (they are stored as int32)")
     if len(a) and n_vocab is not None and a.max() >= n_vocab:
         raise ValueError(f"{what} hold token id {int(a.max())}, outside the model's vocabulary of {n_vocab} "
                          "tokens (were they written for another model?)")
