@@ -133,3 +133,12 @@ def test_mismatch_with_model_names_the_numbers():
         heads.check_model(576, 10)
     with pytest.raises(ValueError, match="10 tokens.*49152"):
         heads.check_model(8, 49152)
+
+
+@pytest.mark.parametrize("bad", [[], [3, 1, 2], [1, 1, 2], [-1, 2], [0.5, 1.5], [1, 2**32 + 5], [[1, 2]]])
+def test_malformed_draft_vocab_is_refused(bad):
+    blocks = [[(np.zeros((8, 8), np.float32), None, None)]]
+    with pytest.raises(ValueError, match="draft_vocab must be a non-empty, sorted list of distinct token ids"):
+        MedusaHeads(blocks, [None], 8, draft_vocab=np.asarray(bad))
+    kept = MedusaHeads(blocks, [None], 8, draft_vocab=np.array([0, 5, 7], np.int64))
+    np.testing.assert_array_equal(kept.draft_vocab, [0, 5, 7])

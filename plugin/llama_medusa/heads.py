@@ -105,8 +105,11 @@ class MedusaHeads:
                 self.cond = None
         if self.draft_vocab is not None:
             dv = np.asarray(self.draft_vocab)
-            if dv.ndim != 1 or len(dv) == 0 or dv.min() < 0 or np.any(np.diff(dv) <= 0):
-                raise ValueError(f"{self.source}: draft_vocab must be a non-empty, sorted list of distinct token ids")
+            # integers within int32 (the cast below must not round or wrap an id into another one)
+            if (dv.ndim != 1 or len(dv) == 0 or not np.issubdtype(dv.dtype, np.integer) or dv.min() < 0
+                    or dv.max() > np.iinfo(np.int32).max or np.any(np.diff(dv) <= 0)):
+                raise ValueError(f"{self.source}: draft_vocab must be a non-empty, sorted list of distinct token ids, "
+                                 f"got {dv.dtype} of shape {dv.shape}")
             self.draft_vocab = dv.astype(np.int32)
         if self.answers is not None:
             self.answers = check_answers(self.answers, what=f"{self.source}: answers")
