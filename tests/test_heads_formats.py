@@ -142,3 +142,37 @@ def test_malformed_draft_vocab_is_refused(bad):
         MedusaHeads(blocks, [None], 8, draft_vocab=np.asarray(bad))
     kept = MedusaHeads(blocks, [None], 8, draft_vocab=np.array([0, 5, 7], np.int64))
     np.testing.assert_array_equal(kept.draft_vocab, [0, 5, 7])
+
+
+def test_a_safetensors_header_starting_like_a_pickle_still_loads(tmp_path):
+    # a safetensors file opens with its header length: 0x80 as the low byte is a pickle's first byte too
+    heads = MedusaHeads([[(np.eye(8, dtype=np.float32), None, None)]], [None], 8)
+    path = str(tmp_path / "h.safetensors")
+    for n in range(300):
+        heads.save(path, extra_meta={"pad": "x" * n})
+        with open(path, "rb") as f:
+            if f.read(1) == b"\x80":
+                break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    back = MedusaHeads.load(path)
+    np.testing.assert_array_equal(back.blocks[0][0][0], heads.blocks[0][0][0])
+
+
+@pytest.mark.parametrize("meta, message", [
+    ("not json", "metadata is not valid JSON"),
+    ("[1, 2]", "metadata must be a JSON object, got list"),
+    ('{"hidden_size": 8}', "needs n_heads as a positive integer, got None"),
+    ('{"n_heads": "1", "hidden_size": 8}', "needs n_heads as a positive integer, got '1'"),
+    ('{"n_heads": 1, "hidden_size": 0}', "needs hidden_size as a positive integer, got 0"),
+    ('{"n_heads": 1, "hidden_size": 8, "version": "2"}', "version '2', not an integer"),
+    ('{"n_heads": 1, "hidden_size": 8, "top_k_accuracy": "high"}', "top_k_accuracy must be a row per head"),
+    ('{"n_heads": 2, "hidden_size": 8, "top_k_accuracy": [[0.4, 0.5]]}', "top_k_accuracy must be a row per head"),
+    ('{"n_heads": 1, "hidden_size": 8, "top_k_accuracy": [[0.5, 0.4]]}', "non-decreasing"),
+    ('{"n_heads": 1, "hidden_size": 8, "top_k_accuracy": [[0.5, 1.5]]}', "within \\[0, 1\\]"),
+])
+def test_damaged_own_metadata_is_refused(tmp_path, meta, message):
+    path = str(tmp_path / "h.safetensors")
+    save_file({"head.0.block.0.w_in": np.zeros((8, 8), np.float32)}, path, metadata={"llama_medusa": meta})
+    with pytest.raises(ValueError, match=message):
+        MedusaHeads.load(path)

@@ -153,10 +153,12 @@ class MedusaHeads:
             from .gguf_heads import load_gguf_heads
 
             return load_gguf_heads(path)
-        if magic[:2] == b"PK" or magic[:1] == b"\x80":
-            raise ValueError(_PICKLE_HINT.format(path=path))
+        # safetensors first: its first byte is the header length's low byte, which is 0x80 for a 128-byte header,
+        # so testing for a pickle's 0x80 first would call such a file a pickle
         if len(magic) == 9 and magic[8:9] == b"{":
             return _load_safetensors(path)
+        if magic[:4] == b"PK\x03\x04" or (magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+            raise ValueError(_PICKLE_HINT.format(path=path))
         raise ValueError(f"{path}: not a safetensors or GGUF file (unrecognised header {magic[:8]!r})")
 
     # ------------------------------------------------------------------ saving (own format)
@@ -329,8 +331,35 @@ def _load_safetensors(path: str) -> MedusaHeads:
     answers = tensors.pop("answers", None)
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
     if FORMAT_KEY in meta:
-        return _from_own(path, tensors, json.loads(meta[FORMAT_KEY]), draft_vocab, answers)
+        return _from_own(path, tensors, _own_meta(path, meta[FORMAT_KEY]), draft_vocab, answers)
     return _from_medusa(path, tensors)
+
+
+def _own_meta(path: str, text: str) -> Dict[str, Any]:
+    """The llama-medusa metadata of a heads file, checked for what loading and `auto` read from it."""
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path}: its {FORMAT_KEY} metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its {FORMAT_KEY} metadata must be a JSON object, got {type(meta).__name__}")
+    for key in ("n_heads", "hidden_size"):
+        v = meta.get(key)
+        if type(v) is not int or v < 1:
+            raise ValueError(f"{path}: its {FORMAT_KEY} metadata needs {key} as a positive integer, got {v!r}")
+    if "version" in meta and type(meta["version"]) is not int:
+        raise ValueError(f"{path}: its {FORMAT_KEY} metadata has version {meta['version']!r}, not an integer")
+    acc = meta.get("top_k_accuracy")
+    if acc is not None:  # cumulative top-1..k hit rates per head: `auto` sizes its tree from them
+        try:
+            a = np.asarray(acc, dtype=np.float64)
+        except (TypeError, ValueError):
+            a = None
+        if (a is None or a.ndim != 2 or a.shape[0] < meta["n_heads"] or a.shape[1] == 0
+                or not np.all((a >= 0) & (a <= 1)) or np.any(np.diff(a, axis=1) < 0)):
+            raise ValueError(f"{path}: its top_k_accuracy must be a row per head ({meta['n_heads']}) of "
+                             "cumulative top-1..k hit rates, non-decreasing, within [0, 1]")
+    return meta
 
 
 def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_vocab=None,
