@@ -205,6 +205,9 @@ def test_without_heads_it_is_stock(model_path):
     assert plain.create_completion(prompt, max_tokens=30, temperature=0.0)["choices"][0]["text"] == \
         ref.create_completion(prompt, max_tokens=30, temperature=0.0)["choices"][0]["text"]
     assert plain.medusa_tree is None
+    with pytest.warns(RuntimeWarning, match="medusa_choices, medusa_lookup given without medusa_heads"):
+        forgot = Llama(model_path, n_ctx=256, verbose=False, medusa_choices="chain-2", medusa_lookup=4, **THREADS)
+    assert forgot.medusa_tree is None
 
 
 def test_mismatched_heads_are_rejected(model_path, tmp_path):

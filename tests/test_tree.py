@@ -36,6 +36,27 @@ def test_chain_and_errors():
         Tree([(-1,)])
 
 
+@pytest.mark.parametrize("bad, message", [
+    (42, "must be 'auto', a preset name, 'chain-N' or a list of rank paths, got 42"),
+    (None, "must be 'auto', a preset name, 'chain-N' or a list of rank paths, got None"),
+    ([0, 1], "path 0 must be a non-empty list of integer ranks"),
+    (["01"], "path '01' must be a non-empty list of integer ranks"),
+    ([(0,), (0.5,)], r"path \(0.5,\) must be a non-empty list of integer ranks"),
+    ([(True,)], "must be a non-empty list of integer ranks"),
+    ([()], "must be a non-empty list of integer ranks"),
+])
+def test_malformed_choices_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Tree(bad)
+
+
+def test_numpy_ranks_and_duplicate_paths_are_one_tree():
+    import numpy as np
+
+    t = Tree([(np.int64(0),), [0], (np.int32(0), 1), (0, 1)])
+    assert t.choices == [(0,), (0, 1)] and all(type(r) is int for p in t.choices for r in p)
+
+
 def test_grafted_lookup_branch():
     """A lookup chain hung below a node: it sorts after the heads' candidates there (the top-1 chain stays first
     in the batch), keeps the tree prefix-closed, adds one leaf, and maps every old node to its new row."""

@@ -122,6 +122,13 @@ class Llama(llama_cpp.Llama):
         if medusa_heads is None:
             medusa_heads = self._embedded_heads()
         if medusa_heads is None:
+            given = [name for name, value, default in (
+                ("medusa_choices", medusa_choices, DEFAULT_CHOICES), ("medusa_top_k", medusa_top_k, None),
+                ("medusa_lookup", medusa_lookup, 8), ("posterior_threshold", posterior_threshold, None),
+                ("posterior_alpha", posterior_alpha, None)) if value != default]
+            if given:  # most likely medusa_heads was forgotten: say so rather than decode plainly in silence
+                warnings.warn(f"{', '.join(given)} given without medusa_heads: decoding plainly, without Medusa",
+                              RuntimeWarning)
             return
         if not isinstance(medusa_lookup, int) or medusa_lookup < 0:
             raise ValueError(f"medusa_lookup must be an integer >= 0 (tokens per lookup branch), got {medusa_lookup!r}")

@@ -11,6 +11,7 @@ attention summing cells in position order (bit-exact against stock, see the deco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 # Medusa's published 63-node tree for Vicuna-7B (FasterDecoding/Medusa medusa/model/medusa_choices.py).
@@ -52,16 +53,19 @@ def resolve_choices(choices: Choices) -> List[Tuple[int, ...]]:
         if choices.startswith("chain-") and choices[6:].isdigit():
             return chain(int(choices[6:]))
         if choices not in PRESETS:
-            raise ValueError(
-                f"unknown medusa_choices preset {choices!r}; use one of {sorted(PRESETS)}, 'chain-N' or a list of paths"
-            )
+            raise ValueError(f"unknown medusa_choices preset {choices!r}; use 'auto', one of {sorted(PRESETS)}, "
+                             "'chain-N' or a list of paths")
         return list(PRESETS[choices])
+    if not isinstance(choices, Sequence):
+        raise ValueError(f"medusa_choices must be 'auto', a preset name, 'chain-N' or a list of rank paths, "
+                         f"got {choices!r}")
     out = []
     for c in choices:
-        t = tuple(int(r) for r in c)
-        if not t or min(t) < 0:
-            raise ValueError(f"medusa_choices path {list(c)!r} must be a non-empty list of ranks >= 0")
-        out.append(t)
+        # ranks must be integers as given: int() would truncate 0.5 or parse "1" into a tree the user did not ask for
+        if (not isinstance(c, Sequence) or isinstance(c, str) or not c
+                or not all(isinstance(r, Integral) and not isinstance(r, bool) for r in c) or min(c) < 0):
+            raise ValueError(f"medusa_choices path {c!r} must be a non-empty list of integer ranks >= 0")
+        out.append(tuple(int(r) for r in c))
     return out
 
 
