@@ -210,6 +210,35 @@ def test_without_heads_it_is_stock(model_path):
     assert forgot.medusa_tree is None
 
 
+@pytest.mark.parametrize("pooling", [llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED, llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                                     llama_cpp.LLAMA_POOLING_TYPE_LAST])
+def test_embeddings_equal_stock_and_leave_generation_alone(model_path, reference, pooling):
+    """embedding=True keeps create_embedding working although the tree context pools nothing; each text equals
+    stock's embedding of that text alone (stock's own unpooled multi-text reader returns shifted rows)."""
+    texts = ["hello world", "The cat sat on the mat and looked at the dog.", "x"]
+    ref = llama_cpp.Llama(model_path, n_ctx=256, flash_attn=True, embedding=True, pooling_type=pooling,
+                          verbose=False, **THREADS)
+    llm = medusa(model_path, random_heads(), embedding=True, pooling_type=pooling)
+    for normalize in (False, True):
+        got = llm.embed(texts, normalize=normalize)
+        for text, rows in zip(texts, got):
+            want = np.asarray(ref.embed(text, normalize=normalize))
+            assert np.asarray(rows).shape == want.shape
+            np.testing.assert_allclose(np.asarray(rows), want, rtol=1e-5, atol=1e-5)
+    assert llm.create_embedding(texts)["usage"] == ref.create_embedding(texts)["usage"]
+    pt, out = reference(PROMPTS[0], 40)
+    assert medusa_tokens(llm, pt, 40, temp=0.0) == out  # the embedding decodes left the tree context intact
+
+
+def test_embeddings_refused_as_stock_does(model_path):
+    with pytest.raises(RuntimeError, match="created with embedding=True"):
+        medusa(model_path, random_heads(), n_ctx=256).embed("hello")
+    reranker = medusa(model_path, random_heads(), n_ctx=256, embedding=True,
+                      pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK)
+    with pytest.raises(ValueError, match="reranking.*not available with medusa_heads"):
+        reranker.embed("hello")
+
+
 def test_mismatched_heads_are_rejected(model_path, tmp_path):
     with pytest.raises(ValueError, match="hidden size 64.*576"):
         medusa(model_path, random_heads(hidden=64), n_ctx=256)

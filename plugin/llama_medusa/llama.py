@@ -305,6 +305,8 @@ class Llama(llama_cpp.Llama):
             raise ValueError(f"the tree has {n_seq} leaves; at most {limit} (n_batch and llama.cpp's limit) fit")
         if self.context_params.n_ctx < 2:
             raise ValueError("n_ctx is too small for speculation")
+        if not hasattr(self, "_user_pooling"):  # what embed() must give: the context the user asked for
+            self._user_pooling = llama_cpp.llama_pooling_type(self._ctx.ctx) if self.context_params.embeddings else None
         self._ctx.close()
         self.context_params.n_seq_max = n_seq
         self.context_params.kv_unified = True
@@ -375,6 +377,43 @@ class Llama(llama_cpp.Llama):
         llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
         super().eval(tokens)
         self._mirror(kv)
+
+    def embed(self, input, normalize: bool = False, truncate: bool = True, return_count: bool = False):
+        """Stock's embed() on the tree context, one text per decode. The tree context pools nothing (the tree
+        needs every token's state), so the pooling of the context the user asked for (mean, CLS, last) is applied
+        here to the per-token states. One text per decode because stock's reader of unpooled batches offsets
+        every text after the first by its predecessors' token count in floats instead of rows (llama-cpp-python
+        0.3.36), which returns other texts' numbers for them."""
+        if self._medusa is None:
+            return super().embed(input, normalize=normalize, truncate=truncate, return_count=return_count)
+        pooling = self._user_pooling
+        if pooling is None:
+            raise RuntimeError("Llama model must be created with embedding=True to call this method")
+        pool = {llama_cpp.LLAMA_POOLING_TYPE_NONE: None,
+                llama_cpp.LLAMA_POOLING_TYPE_MEAN: lambda x: x.mean(axis=0),
+                llama_cpp.LLAMA_POOLING_TYPE_CLS: lambda x: x[0],
+                llama_cpp.LLAMA_POOLING_TYPE_LAST: lambda x: x[-1]}
+        if pooling not in pool:
+            raise ValueError(f"pooling type {pooling} (reranking) is not available with medusa_heads: the tree "
+                             "context pools nothing; load the model without medusa_heads for it")
+        pick = pool[pooling]
+        data, count = [], 0
+        self.context_params.embeddings = True
+        llama_cpp.llama_set_embeddings(self._ctx.ctx, True)
+        try:
+            for text in [input] if isinstance(input, str) else input:
+                rows, n = super().embed(text, normalize=normalize and pick is None, truncate=truncate,
+                                        return_count=True)
+                count += n
+                if pick is not None:
+                    rows = [float(x) for x in pick(np.asarray(rows, dtype=np.float32))]
+                    rows = internals.normalize_embedding(rows) if normalize else rows
+                data.append(rows)
+        finally:
+            self.context_params.embeddings = False
+            llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
+        data = data[0] if isinstance(input, str) else data
+        return (data, count) if return_count else data
 
     def load_state(self, state) -> None:
         super().load_state(state)
