@@ -239,6 +239,25 @@ def test_embeddings_refused_as_stock_does(model_path):
         reranker.embed("hello")
 
 
+@pytest.mark.parametrize("choices", ["auto", "small"])
+def test_verify_batches_stay_within_n_batch(model_path, choices):
+    """llama.cpp asserts (and takes the process down) when one decode holds more than n_batch tokens: the cost
+    curve, the tree and the lookup branch all stay within it."""
+    from llama_medusa.shipped import default_heads_path
+
+    pt = llama_cpp.Llama(model_path, vocab_only=True, verbose=False).tokenize(
+        chat_prompt(PROMPTS[2]).encode(), special=True)
+    ref = stock_tokens(llama_cpp.Llama(model_path, n_ctx=N_CTX, n_batch=8, flash_attn=True, verbose=False,
+                                       **THREADS), pt, 60, temp=0.0)
+    llm = Llama(model_path, medusa_heads=default_heads_path(model_path), medusa_choices=choices, n_ctx=N_CTX,
+                n_batch=8, verbose=False, **THREADS)
+    assert medusa_tokens(llm, pt, 60, temp=0.0) == ref
+    with pytest.raises(ValueError, match="at most 1 token.*n_batch.*at least 2"):
+        medusa(model_path, random_heads(), n_ctx=256, n_batch=1)
+    with pytest.raises(ValueError, match="leaves.*raise n_batch or choose a smaller tree"):
+        medusa(model_path, random_heads(), choices=MID_TREE, n_ctx=256, n_batch=4)
+
+
 def test_mismatched_heads_are_rejected(model_path, tmp_path):
     with pytest.raises(ValueError, match="hidden size 64.*576"):
         medusa(model_path, random_heads(hidden=64), n_ctx=256)

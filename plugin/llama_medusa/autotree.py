@@ -207,6 +207,7 @@ def time_llama_decode(llm, sizes: Sequence[int], repeats: int) -> Dict[int, floa
     ctx = llm._ctx.ctx
     mem = llama_cpp.llama_get_memory(ctx)
     prefix = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 6)
+    prefix = prefix[: max(1, min(len(prefix), llm.n_ctx() - max(sizes) - 1))]
     batch = llama_cpp.llama_batch_init(max(len(prefix), max(sizes)), 0, 1)
 
     def decode(toks, p0, outputs) -> float:
@@ -228,7 +229,8 @@ def time_llama_decode(llm, sizes: Sequence[int], repeats: int) -> Dict[int, floa
     try:
         llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
         llama_cpp.llama_set_embeddings(ctx, False)
-        decode(prefix, 0, False)
+        for i in range(0, len(prefix), llm.n_batch):  # at most n_batch tokens per llama_decode
+            decode(prefix[i : i + llm.n_batch], i, False)
         times: Dict[int, List[float]] = {T: [] for T in sizes}
         # sizes interleaved, round after round: a slow spell on this shared machine hits all sizes alike instead
         # of skewing one size's median (t(2)/t(1) read 1.00 and 1.20 in two sequential runs here). The big sizes

@@ -117,6 +117,8 @@ class Llama(llama_cpp.Llama):
                     RuntimeWarning,
                 )
         self._load_backbone(model_path, *args, **kwargs)
+        # one llama_decode takes at most n_batch tokens (llama.cpp asserts, taking the process down, past it)
+        medusa_max_batch = min(medusa_max_batch, self.n_batch)
         self._medusa = None
         self.medusa_stats = MedusaStats()
         if medusa_heads is None:
@@ -130,6 +132,9 @@ class Llama(llama_cpp.Llama):
                 warnings.warn(f"{', '.join(given)} given without medusa_heads: decoding plainly, without Medusa",
                               RuntimeWarning)
             return
+        if medusa_max_batch < 2:
+            raise ValueError(f"a verify batch of at most {medusa_max_batch} token (medusa_max_batch, n_batch) has no "
+                             "room for a draft: Medusa needs at least 2")
         if not isinstance(medusa_lookup, int) or medusa_lookup < 0:
             raise ValueError(f"medusa_lookup must be an integer >= 0 (tokens per lookup branch), got {medusa_lookup!r}")
         if (posterior_threshold is None) != (posterior_alpha is None):
@@ -191,7 +196,7 @@ class Llama(llama_cpp.Llama):
 
         self._medusa = _MedusaState(drafter, Tree([]), top_k, n_embd, None, max_batch)
         self._prepare_context(n_seq=1)  # measure on a context like the one that will verify
-        cost = autotree.cost_curve(self)
+        cost = autotree.cost_curve(self, sizes=[T for T in autotree.COST_SIZES if T <= max_batch])
         acc = autotree.accuracy_table(drafter, top_k)
         t_heads = autotree.heads_time(drafter, n_embd, top_k)
         self.medusa_auto = autotree.choose(acc, cost, t_heads, max_nodes=max_batch - 1 - drafter.n_heads)
@@ -302,7 +307,8 @@ class Llama(llama_cpp.Llama):
         per-token final-norm states (pooling NONE, embeddings switched on only for verify decodes)."""
         limit = min(llama_cpp.llama_max_parallel_sequences(), self.n_batch)
         if n_seq > limit:
-            raise ValueError(f"the tree has {n_seq} leaves; at most {limit} (n_batch and llama.cpp's limit) fit")
+            raise ValueError(f"the tree has {n_seq} leaves (one KV sequence each); at most {limit} fit (n_batch="
+                             f"{self.n_batch} and llama.cpp's limit): raise n_batch or choose a smaller tree")
         if self.context_params.n_ctx < 2:
             raise ValueError("n_ctx is too small for speculation")
         if not hasattr(self, "_user_pooling"):  # what embed() must give: the context the user asked for
@@ -464,7 +470,8 @@ class _MedusaState:
     def __init__(self, drafter, tree: Tree, top_k: int, n_embd: int, typical, max_batch: int,
                  lookup: Optional[LookupGate] = None):
         if max_batch < tree.depth + 1:
-            raise ValueError(f"medusa_max_batch={max_batch} cannot hold even one path of the {tree.depth}-deep tree")
+            raise ValueError(f"a verify batch of at most {max_batch} tokens (medusa_max_batch, n_batch) cannot hold "
+                             f"even one path of the {tree.depth}-deep tree")
         self.max_batch = max_batch
         self.drafter = drafter
         self.tree = tree
