@@ -140,6 +140,8 @@ def test_cli_bad_inputs(model_path, tmp_path):
     assert r.returncode == 2 and "hidden size 64" in r.stderr and "576" in r.stderr
     r = run_cli("bench", "--model", model_path, "--heads", str(tmp_path / "missing.safetensors"))
     assert r.returncode == 2 and "does not exist" in r.stderr
+    r = run_cli("bench", "--model", str(tmp_path / "missing.gguf"))  # not "no heads ship for missing.gguf"
+    assert r.returncode == 2 and "Model path does not exist" in r.stderr
 
 
 def test_sweep_entries_carry_identity_and_divergences(model_path, stock):

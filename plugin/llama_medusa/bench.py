@@ -83,6 +83,8 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
     from .models import default_model_path
 
     model = model or default_model_path()
+    if not os.path.isfile(model):
+        raise ValueError(f"Model path does not exist: {model}")
     if heads is None:
         from .shipped import default_heads_path
 
