@@ -258,6 +258,23 @@ def test_verify_batches_stay_within_n_batch(model_path, choices):
         medusa(model_path, random_heads(), choices=MID_TREE, n_ctx=256, n_batch=4)
 
 
+def test_pickle_keeps_the_heads_and_the_users_context(model_path, reference):
+    """Pickling re-runs __init__ with __getstate__'s arguments: stock's alone would bring the model back plain,
+    with embeddings off and pooling NONE (what the tree context became)."""
+    import pickle
+
+    from llama_medusa.shipped import default_heads_path
+
+    llm = Llama(model_path, medusa_heads=default_heads_path(model_path), medusa_choices="small", n_ctx=N_CTX,
+                embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False, **THREADS)
+    copy = pickle.loads(pickle.dumps(llm))
+    assert type(copy) is Llama and len(copy.medusa_tree) == len(llm.medusa_tree) == 8
+    assert copy.embed("hello world") == llm.embed("hello world")  # pooled: one vector, not per-token rows
+    pt, out = reference(PROMPTS[0], 40)
+    assert medusa_tokens(copy, pt, 40, temp=0.0) == out
+    assert copy.medusa_stats.steps < len(out)  # it speculated
+
+
 def test_mismatched_heads_are_rejected(model_path, tmp_path):
     with pytest.raises(ValueError, match="hidden size 64.*576"):
         medusa(model_path, random_heads(hidden=64), n_ctx=256)

@@ -117,6 +117,11 @@ class Llama(llama_cpp.Llama):
                     RuntimeWarning,
                 )
         self._load_backbone(model_path, *args, **kwargs)
+        # what __getstate__ must hand back to __init__ (stock's state knows no medusa_* argument)
+        self._medusa_args = dict(medusa_heads=medusa_heads, medusa_choices=medusa_choices, medusa_top_k=medusa_top_k,
+                                 medusa_proj_dtype=medusa_proj_dtype, medusa_device=medusa_device,
+                                 medusa_max_batch=medusa_max_batch, medusa_lookup=medusa_lookup,
+                                 posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha)
         # one llama_decode takes at most n_batch tokens (llama.cpp asserts, taking the process down, past it)
         medusa_max_batch = min(medusa_max_batch, self.n_batch)
         self._medusa = None
@@ -311,8 +316,10 @@ class Llama(llama_cpp.Llama):
                              f"{self.n_batch} and llama.cpp's limit): raise n_batch or choose a smaller tree")
         if self.context_params.n_ctx < 2:
             raise ValueError("n_ctx is too small for speculation")
-        if not hasattr(self, "_user_pooling"):  # what embed() must give: the context the user asked for
+        if not hasattr(self, "_user_pooling"):  # the context the user asked for: what embed() and pickle must give
             self._user_pooling = llama_cpp.llama_pooling_type(self._ctx.ctx) if self.context_params.embeddings else None
+            self._user_context = dict(embedding=bool(self.context_params.embeddings),
+                                      pooling_type=int(self.context_params.pooling_type))
         self._ctx.close()
         self.context_params.n_seq_max = n_seq
         self.context_params.kv_unified = True
@@ -420,6 +427,14 @@ class Llama(llama_cpp.Llama):
             llama_cpp.llama_set_embeddings(self._ctx.ctx, False)
         data = data[0] if isinstance(input, str) else data
         return (data, count) if return_count else data
+
+    def __getstate__(self):
+        """Stock's state (pickling re-runs __init__ with it) plus the medusa_* arguments, and the context the user
+        asked for rather than the tree context this one became (embeddings off, pooling NONE)."""
+        state = super().__getstate__()
+        state.update(self._medusa_args)
+        state.update(getattr(self, "_user_context", {}))
+        return state
 
     def load_state(self, state) -> None:
         super().load_state(state)
