@@ -210,6 +210,16 @@ def test_without_heads_it_is_stock(model_path):
     assert forgot.medusa_tree is None
 
 
+def test_a_draft_model_gives_way_to_the_heads(model_path, reference):
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+    with pytest.warns(RuntimeWarning, match="draft_model is not used with medusa_heads"):
+        llm = medusa(model_path, random_heads(), draft_model=LlamaPromptLookupDecoding(num_pred_tokens=4))
+    assert llm.draft_model is None and not llm._logits_all
+    pt, out = reference(PROMPTS[0], 40)
+    assert medusa_tokens(llm, pt, 40, temp=0.0) == out
+
+
 @pytest.mark.parametrize("pooling", [llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED, llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                                      llama_cpp.LLAMA_POOLING_TYPE_LAST])
 def test_embeddings_equal_stock_and_leave_generation_alone(model_path, reference, pooling):

@@ -137,6 +137,12 @@ class Llama(llama_cpp.Llama):
                 warnings.warn(f"{', '.join(given)} given without medusa_heads: decoding plainly, without Medusa",
                               RuntimeWarning)
             return
+        if self.draft_model is not None:  # stock's speculation loop is the one generate() replaces
+            warnings.warn("draft_model is not used with medusa_heads: Medusa verifies its own drafts, and its lookup "
+                          "branch (medusa_lookup) drafts from the context as LlamaPromptLookupDecoding does",
+                          RuntimeWarning)
+            self.draft_model = None
+            self._logits_all = bool(kwargs.get("logits_all", False))  # stock forces it on for its draft model
         if medusa_max_batch < 2:
             raise ValueError(f"a verify batch of at most {medusa_max_batch} token (medusa_max_batch, n_batch) has no "
                              "room for a draft: Medusa needs at least 2")
