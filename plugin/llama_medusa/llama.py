@@ -326,10 +326,13 @@ class Llama(llama_cpp.Llama):
             self._user_pooling = llama_cpp.llama_pooling_type(self._ctx.ctx) if self.context_params.embeddings else None
             self._user_context = dict(embedding=bool(self.context_params.embeddings),
                                       pooling_type=int(self.context_params.pooling_type))
+        if llama_cpp.llama_pooling_type(self._ctx.ctx) != llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            # only where it pools: naming NONE when the model's default already resolves to it makes llama.cpp
+            # log "model default pooling_type is [-1], but [0] was specified" on every load
+            self.context_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
         self._ctx.close()
         self.context_params.n_seq_max = n_seq
         self.context_params.kv_unified = True
-        self.context_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
         self.context_params.embeddings = False
         self._ctx = self._stack.enter_context(
             contextlib.closing(internals.LlamaContext(model=self._model, params=self.context_params, verbose=self.verbose))
