@@ -1,5 +1,6 @@
 """Training, the bench command and the CLI's bad-input messages, on the real model."""
 import json
+import os
 import subprocess
 import sys
 
@@ -142,6 +143,16 @@ def test_cli_bad_inputs(model_path, tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run_cli("bench", "--model", str(tmp_path / "missing.gguf"))  # not "no heads ship for missing.gguf"
     assert r.returncode == 2 and "Model path does not exist" in r.stderr
+    # train refuses before hours of work: its own prompt file, the output's directory, the held-out split
+    out = str(tmp_path / "h.safetensors")
+    r = run_cli("train", "--model", model_path, "--out", out, "--prompts", str(binary))
+    assert r.returncode == 2 and "not" in r.stderr and "text" in r.stderr
+    r = run_cli("train", "--model", model_path, "--out", str(tmp_path / "no" / "dir" / "h.safetensors"))
+    assert r.returncode == 2 and "not a writable directory" in r.stderr
+    few = tmp_path / "few.txt"
+    few.write_text("What is rain?\nWhy is the sky blue?\n")
+    r = run_cli("train", "--model", model_path, "--out", out, "--prompts", str(few))
+    assert r.returncode == 2 and "need more than 32 prompts" in r.stderr and "got 2" in r.stderr
 
 
 def test_sweep_entries_carry_identity_and_divergences(model_path, stock):
@@ -154,3 +165,19 @@ def test_sweep_entries_carry_identity_and_divergences(model_path, stock):
     assert [w["tree"] for w in out] == ["chain-1", "0 nodes +lookup 8"]
     for w in out:
         assert w["identical"] and w["divergences"] == [] and w["speedup"] > 0 and w["mean_accepted"] >= 1
+
+
+def test_cli_trains_on_the_users_prompt_file(model_path, tmp_path):
+    """`llama-medusa train --prompts FILE`: the user's prompts are what is answered and fitted (the held-out split
+    taken from them), and the file loads as heads for the model."""
+    from llama_medusa.prompts import TRAIN_PROMPTS
+
+    prompts = tmp_path / "mine.json"
+    prompts.write_text(json.dumps(TRAIN_PROMPTS[:24]))
+    out = tmp_path / "mine.safetensors"
+    r = run_cli("train", "--model", model_path, "--out", str(out), "--prompts", str(prompts), "--held-out", "4",
+                "--max-tokens", "8", "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    heads = MedusaHeads.load(str(out))
+    assert heads.meta["train_prompts"] == 20 and heads.meta["trained_on"] == os.path.basename(model_path)
+    heads.check_model(576, 49152)  # raises on a mismatch

@@ -261,6 +261,8 @@ def format_table(s: dict) -> str:
 
 
 def main(args) -> int:
+    from .prompts import read_prompts
+
     prompts = None
     if args.prompts:
         prompts = read_prompts(args.prompts)
@@ -309,30 +311,3 @@ def plot(s: dict, path: str) -> None:
     ax[2].set(title="verify cost t(T)/t(1)", xlabel="T tokens")
     fig.tight_layout()
     fig.savefig(path)
-
-
-def read_prompts(path: str) -> List[str]:
-    """One prompt per line (blank lines skipped), or a JSON list of strings."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: the prompt file is not UTF-8 text") from None
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the prompt file ({e.strerror})") from None
-    if "\x00" in text:
-        raise ValueError(f"{path}: the prompt file is not text (it contains NUL bytes)")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: looks like JSON but does not parse ({e})") from None
-        if not all(isinstance(x, str) for x in items):
-            raise ValueError(f"{path}: a JSON prompt file must be a list of strings")
-        prompts = [x for x in items if x.strip()]
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"{path}: no prompts in the file")
-    return prompts

@@ -30,6 +30,11 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="fit heads for a GGUF model by self-distillation (numpy, Adam)")
     t.add_argument("--model", help="GGUF model (default: the embedded SmolLM2)")
     t.add_argument("--out", required=True, help="heads file to write (llama-medusa safetensors format)")
+    t.add_argument("--prompts", help="your own training prompts: a text file, one per line, or a JSON list of strings "
+                                     "(default: the built-in generic prompts, llama_medusa/prompts.py)")
+    t.add_argument("--held-out", type=int, default=32,
+                   help="prompts kept out of training (every k-th); the heads file stores their accuracy beside the "
+                        "validation prompts'")
     t.add_argument("--heads", type=int, default=3)
     t.add_argument("--max-tokens", type=int, default=None,
                    help="answer length per training prompt (default: llama_medusa.train.ANSWER_TOKENS)")
@@ -86,9 +91,11 @@ def main(argv=None) -> int:
         if args.cmd == "requantize":
             requantize(args.src, args.dst, args.type)
             return 0
+        from .prompts import read_prompts
         from .train import ANSWER_TOKENS, train
 
-        train(args.model or default_model_path(), args.out, n_heads=args.heads,
+        prompts = read_prompts(args.prompts) if args.prompts else None
+        train(args.model or default_model_path(), args.out, n_heads=args.heads, prompts=prompts, held_out=args.held_out,
               max_tokens=args.max_tokens or ANSWER_TOKENS, seed=args.seed, epochs=args.epochs, inner=args.inner,
               soft=args.soft, conditioned=not args.plain, log=lambda m: print(m, file=sys.stderr))
         return 0

@@ -3,6 +3,7 @@ validation prompts its stored accuracies are measured on. All written for this p
 `generic_prompts` can add prompts on words from the model's own vocabulary."""
 from __future__ import annotations
 
+import json
 from typing import List, Optional
 
 import numpy as np
@@ -279,3 +280,30 @@ VALIDATION_PROMPTS = [
     "What are the main ideas of the book 1984?", "How can I make my presentations more engaging?",
     "Write a C++ class that represents a 2D point.", "What causes the northern lights?",
 ]
+
+
+def read_prompts(path: str) -> List[str]:
+    """One prompt per line (blank lines skipped), or a JSON list of strings."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the prompt file is not UTF-8 text") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the prompt file ({e.strerror})") from None
+    if "\x00" in text:
+        raise ValueError(f"{path}: the prompt file is not text (it contains NUL bytes)")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: looks like JSON but does not parse ({e})") from None
+        if not all(isinstance(x, str) for x in items):
+            raise ValueError(f"{path}: a JSON prompt file must be a list of strings")
+        prompts = [x for x in items if x.strip()]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path}: no prompts in the file")
+    return prompts

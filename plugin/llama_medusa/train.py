@@ -78,8 +78,9 @@ class _Generator:
         self.max_prompt = 512
         n_ctx = parallel * (self.max_prompt + max_tokens + 1)
         llm = llama_cpp.Llama(model_path, n_ctx=n_ctx, n_batch=self.max_prompt, flash_attn=True, embedding=True,
-                              pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE, n_threads=n_threads,
-                              n_threads_batch=n_threads, verbose=False)
+                              n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+        if llama_cpp.llama_pooling_type(llm._ctx.ctx) != llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            llm.context_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE  # only where the model pools (a log)
         llm._ctx.close()
         llm.context_params.n_seq_max = parallel
         llm.context_params.kv_unified = True
@@ -314,6 +315,13 @@ def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = AN
     """The whole recipe; returns (heads, validation accuracies)."""
     from .gguf_heads import TokenEmbedding, read_output_matrix
 
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):  # found out before the hours of work
+        raise ValueError(f"{out_path}: cannot write the heads file there ({out_dir} is not a writable directory)")
+    if not os.path.isfile(model_path):
+        raise ValueError(f"Model path does not exist: {model_path}")
+    if held_out < 1:
+        raise ValueError(f"held_out must be at least 1 (the split the stored accuracies are measured on), got {held_out}")
     prompts = list(prompts or generic_prompts(model_path))
     if len(prompts) <= held_out:
         raise ValueError(f"need more than {held_out} prompts (the held-out split), got {len(prompts)}")
