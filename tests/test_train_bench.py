@@ -143,6 +143,9 @@ def test_cli_bad_inputs(model_path, tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run_cli("bench", "--model", str(tmp_path / "missing.gguf"))  # not "no heads ship for missing.gguf"
     assert r.returncode == 2 and "Model path does not exist" in r.stderr
+    for flag in ("--runs", "--max-tokens"):
+        r = run_cli("bench", "--model", model_path, flag, "0")
+        assert r.returncode == 2 and "must be at least 1" in r.stderr
     # train refuses before hours of work: its own prompt file, the output's directory, the held-out split
     out = str(tmp_path / "h.safetensors")
     r = run_cli("train", "--model", model_path, "--out", out, "--prompts", str(binary))
