@@ -3,6 +3,9 @@
 Untrained heads accept almost nothing, so acceptance and KV bookkeeping are exercised with OracleDrafter: it
 knows the stock continuation and hides it in trees of wrong siblings, at rank 0 or at a random rank.
 """
+import gc
+import sys
+
 import numpy as np
 import pytest
 
@@ -283,6 +286,25 @@ def test_pickle_keeps_the_heads_and_the_users_context(model_path, reference):
     pt, out = reference(PROMPTS[0], 40)
     assert medusa_tokens(copy, pt, 40, temp=0.0) == out
     assert copy.medusa_stats.steps < len(out)  # it speculated
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(medusa_top_k=0), "medusa_top_k must be an integer >= 1"),
+    (dict(medusa_top_k=2.5), "medusa_top_k must be an integer >= 1"),
+    (dict(medusa_max_batch=None), "medusa_max_batch must be an integer"),
+    (dict(medusa_lookup=True), "medusa_lookup must be an integer >= 0"),
+    (dict(posterior_threshold=-1.0, posterior_alpha=0.3), r"posterior_threshold must be in \(0, 1\]"),
+    (dict(posterior_threshold=0.09, posterior_alpha=3), r"posterior_alpha must be in \(0, 1\]"),
+])
+def test_bad_medusa_arguments_are_refused_before_the_model_loads(bad, message, monkeypatch):
+    unraisable = []  # what the half-made object's __del__ raises
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(ValueError, match=message):
+        Llama("/nonexistent.gguf", medusa_heads=random_heads(), **bad)  # refused before the path is even opened
+    with pytest.raises(TypeError, match="medusa_heads must be a heads file path.*got int"):
+        Llama("/nonexistent.gguf", medusa_heads=123)
+    gc.collect()
+    assert not unraisable, unraisable[0].exc_value
 
 
 def test_mismatched_heads_are_rejected(model_path, tmp_path):

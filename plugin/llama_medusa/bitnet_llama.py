@@ -196,10 +196,6 @@ class BitnetLlama(Llama):
             if tmp:
                 self._sampler = None
 
-    def close(self) -> None:
-        if hasattr(self, "_stack"):  # absent when loading failed before llama-cpp-python's __init__ ran
-            super().close()
-
     def save_state(self):
         raise NotImplementedError("the native BitNet engine does not save or restore states")
 

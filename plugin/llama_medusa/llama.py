@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import time
 import warnings
 from typing import Dict, Generator, List, Optional, Sequence
@@ -107,7 +108,9 @@ class Llama(llama_cpp.Llama):
         posterior_alpha: Optional[float] = None,
         **kwargs,
     ):
-        if medusa_heads is not None:
+        if medusa_heads is not None:  # before the model loads: a typo should not cost a load
+            _check_arguments(medusa_heads, medusa_top_k, medusa_max_batch, medusa_lookup, posterior_threshold,
+                             posterior_alpha)
             if kwargs.get("flash_attn") is None:
                 kwargs["flash_attn"] = True
             elif not kwargs["flash_attn"]:
@@ -146,10 +149,6 @@ class Llama(llama_cpp.Llama):
         if medusa_max_batch < 2:
             raise ValueError(f"a verify batch of at most {medusa_max_batch} token (medusa_max_batch, n_batch) has no "
                              "room for a draft: Medusa needs at least 2")
-        if not isinstance(medusa_lookup, int) or medusa_lookup < 0:
-            raise ValueError(f"medusa_lookup must be an integer >= 0 (tokens per lookup branch), got {medusa_lookup!r}")
-        if (posterior_threshold is None) != (posterior_alpha is None):
-            raise ValueError("typical acceptance needs both posterior_threshold and posterior_alpha")
         if self._is_recurrent or self._is_hybrid:
             raise ValueError("Medusa trees need an attention-only model: recurrent/hybrid memories cannot branch")
         n_embd = self._n_embd()
@@ -437,6 +436,10 @@ class Llama(llama_cpp.Llama):
         data = data[0] if isinstance(input, str) else data
         return (data, count) if return_count else data
 
+    def close(self) -> None:
+        if hasattr(self, "_stack"):  # absent when an argument or the model was refused before stock's __init__ ran
+            super().close()
+
     def __getstate__(self):
         """Stock's state (pickling re-runs __init__ with it) plus the medusa_* arguments, and the context the user
         asked for rather than the tree context this one became (embeddings off, pooling NONE)."""
@@ -488,6 +491,27 @@ class Llama(llama_cpp.Llama):
         self._sampler = self._init_sampler(**sampling)
         typical = self._medusa.typical if (temp > 0 and grammar is None and mirostat_mode == 0) else None
         yield from _MedusaRun(self, list(tokens), reset, stopping_criteria, typical, temp).run()
+
+
+def _check_arguments(heads, top_k, max_batch, lookup, threshold, alpha) -> None:
+    """The medusa_* arguments' types and ranges, with messages (native code would raise pybind11's TypeError)."""
+    def whole(x):
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    if not (isinstance(heads, (str, os.PathLike, MedusaHeads)) or hasattr(heads, "propose")):
+        raise TypeError(f"medusa_heads must be a heads file path, a MedusaHeads or an object with propose(); got "
+                        f"{type(heads).__name__}")
+    if top_k is not None and not (whole(top_k) and top_k >= 1):
+        raise ValueError(f"medusa_top_k must be an integer >= 1 (candidates per head), got {top_k!r}")
+    if not whole(max_batch):
+        raise ValueError(f"medusa_max_batch must be an integer (tokens per verify batch), got {max_batch!r}")
+    if not whole(lookup) or lookup < 0:
+        raise ValueError(f"medusa_lookup must be an integer >= 0 (tokens per lookup branch), got {lookup!r}")
+    if (threshold is None) != (alpha is None):
+        raise ValueError("typical acceptance needs both posterior_threshold and posterior_alpha")
+    for name, v in (("posterior_threshold", threshold), ("posterior_alpha", alpha)):
+        if v is not None and not (isinstance(v, (int, float)) and 0 < v <= 1):
+            raise ValueError(f"{name} must be in (0, 1] (the Medusa paper uses 0.09 and 0.3), got {v!r}")
 
 
 class _MedusaState:
