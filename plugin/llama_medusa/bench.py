@@ -80,13 +80,12 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
 
     from . import autotree
     from .llama import Llama
-    from .models import default_model_path
+    from .models import check_model_path, default_model_path
 
     if runs < 1 or max_tokens < 1:
         raise ValueError(f"runs and max_tokens must be at least 1 (got runs={runs}, max_tokens={max_tokens})")
     model = model or default_model_path()
-    if not os.path.isfile(model):
-        raise ValueError(f"Model path does not exist: {model}")
+    check_model_path(model)
     if heads is None:
         from .shipped import default_heads_path
 

@@ -57,6 +57,12 @@ def default_model_path(quiet: bool = False) -> str:
 FTYPES = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_1": 3, "f32": 0}  # llama_ftype values
 
 
+def check_model_path(path: str) -> None:
+    """Refuses a missing model file up front, in stock llama-cpp-python's words, before a command starts its work."""
+    if not os.path.isfile(path):
+        raise ValueError(f"Model path does not exist: {path}")
+
+
 def requantize(src: str, dst: str, ftype: str = "f16", n_threads: int = 0) -> str:
     """A copy of a GGUF in another weight type, by llama.cpp's own quantize API (allow_requantize: the source may
     itself be quantised, so an F16 copy of a Q4_1 file carries the Q4_1 rounding, at F16 cost)."""
@@ -64,8 +70,7 @@ def requantize(src: str, dst: str, ftype: str = "f16", n_threads: int = 0) -> st
 
     if ftype not in FTYPES:
         raise ValueError(f"unknown weight type {ftype!r}; choose one of {sorted(FTYPES)}")
-    if not os.path.exists(src):
-        raise ValueError(f"model does not exist: {src}")
+    check_model_path(src)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]
     params.allow_requantize = True

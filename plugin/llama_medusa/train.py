@@ -314,12 +314,12 @@ def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = AN
           log=print):
     """The whole recipe; returns (heads, validation accuracies)."""
     from .gguf_heads import TokenEmbedding, read_output_matrix
+    from .models import check_model_path
 
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):  # found out before the hours of work
         raise ValueError(f"{out_path}: cannot write the heads file there ({out_dir} is not a writable directory)")
-    if not os.path.isfile(model_path):
-        raise ValueError(f"Model path does not exist: {model_path}")
+    check_model_path(model_path)
     if held_out < 1:
         raise ValueError(f"held_out must be at least 1 (the split the stored accuracies are measured on), got {held_out}")
     prompts = list(prompts or generic_prompts(model_path))
