@@ -325,10 +325,7 @@ class Llama(llama_cpp.Llama):
             self._user_pooling = llama_cpp.llama_pooling_type(self._ctx.ctx) if self.context_params.embeddings else None
             self._user_context = dict(embedding=bool(self.context_params.embeddings),
                                       pooling_type=int(self.context_params.pooling_type))
-        if llama_cpp.llama_pooling_type(self._ctx.ctx) != llama_cpp.LLAMA_POOLING_TYPE_NONE:
-            # only where it pools: naming NONE when the model's default already resolves to it makes llama.cpp
-            # log "model default pooling_type is [-1], but [0] was specified" on every load
-            self.context_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
+        pool_nothing(self)
         self._ctx.close()
         self.context_params.n_seq_max = n_seq
         self.context_params.kv_unified = True
@@ -491,6 +488,14 @@ class Llama(llama_cpp.Llama):
         self._sampler = self._init_sampler(**sampling)
         typical = self._medusa.typical if (temp > 0 and grammar is None and mirostat_mode == 0) else None
         yield from _MedusaRun(self, list(tokens), reset, stopping_criteria, typical, temp).run()
+
+
+def pool_nothing(llm: llama_cpp.Llama) -> None:
+    """Makes the context llm builds next return every token's state (pooling NONE), naming NONE only where the
+    current context pools: naming it where the model's default already resolves to it makes llama.cpp log "model
+    default pooling_type is [-1], but [0] was specified" on every load."""
+    if llama_cpp.llama_pooling_type(llm._ctx.ctx) != llama_cpp.LLAMA_POOLING_TYPE_NONE:
+        llm.context_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
 
 
 def _check_arguments(heads, top_k, max_batch, lookup, threshold, alpha) -> None:

@@ -73,14 +73,15 @@ class _Generator:
         from llama_cpp import _internals as internals
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+        from .llama import pool_nothing
+
         self.lc = llama_cpp
         self.parallel, self.max_tokens = parallel, max_tokens
         self.max_prompt = 512
         n_ctx = parallel * (self.max_prompt + max_tokens + 1)
         llm = llama_cpp.Llama(model_path, n_ctx=n_ctx, n_batch=self.max_prompt, flash_attn=True, embedding=True,
                               n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
-        if llama_cpp.llama_pooling_type(llm._ctx.ctx) != llama_cpp.LLAMA_POOLING_TYPE_NONE:
-            llm.context_params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE  # only where the model pools (a log)
+        pool_nothing(llm)
         llm._ctx.close()
         llm.context_params.n_seq_max = parallel
         llm.context_params.kv_unified = True
