@@ -324,7 +324,17 @@ class Llama(llama_cpp.Llama):
         if not hasattr(self, "_user_pooling"):  # the context the user asked for: what embed() and pickle must give
             self._user_pooling = llama_cpp.llama_pooling_type(self._ctx.ctx) if self.context_params.embeddings else None
             self._user_context = dict(embedding=bool(self.context_params.embeddings),
-                                      pooling_type=int(self.context_params.pooling_type))
+                                      pooling_type=int(self.context_params.pooling_type),
+                                      swa_full=bool(self.context_params.swa_full))
+        if llama_cpp.llama_model_n_swa(self._model.model) > 0 and not self.context_params.swa_full:
+            # A window-sized SWA cache cannot hold a tree: cells shared by several leaves are never recycled (so a
+            # decode finds no slot) and rejected branches cannot be rolled back past the window, which measured as
+            # a failed decode or output leaving stock's (synthetic gemma3, 16-token window). llama.cpp's own
+            # speculative decoding turns the full-size cache on for SWA models too.
+            warnings.warn("swa_full=False does not fit a Medusa tree (its sliding-window cache cannot branch or roll "
+                          "back): using the full-size SWA cache, which needs the KV memory of a non-SWA model",
+                          RuntimeWarning, stacklevel=4)
+            self.context_params.swa_full = True
         pool_nothing(self)
         self._ctx.close()
         self.context_params.n_seq_max = n_seq

@@ -1,5 +1,6 @@
-"""Synthetic BitNet GGUFs (random ternary weights, any size) in I2_S, written by our own writer: for kernels,
-tests and timing. Never a stand-in for a real model's quality."""
+"""Synthetic GGUFs with random weights: BitNet in I2_S (our own writer: gguf refuses type 36) for kernels, tests and
+timing; a small sliding-window (gemma3) model through `gguf` for the tree's KV bookkeeping under SWA. Never a
+stand-in for a real model's quality."""
 from __future__ import annotations
 
 from typing import Optional
@@ -77,4 +78,63 @@ def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4
         fields.update(meta)
         tensors += [(name, F32, (w.shape[1], w.shape[0]), w.tobytes()) for name, w in head_tensors]
     write_gguf(path, fields, tensors, types=types)
+    return path
+
+
+def write_gemma3(path: str, tokenizer_from: str, window: int = 16, n_embd: int = 256, n_layer: int = 6,
+                 n_head: int = 4, n_head_kv: int = 2, n_ff: int = 512, seed: int = 0) -> str:
+    """Writes a gemma3-architecture GGUF in F16 (five sliding-window layers per global one, as Gemma 3) with
+    `tokenizer_from`'s tokenizer, through `gguf`. It carries its own output matrix: with a tied one the random
+    residual stream stays near the input embedding and greedy decoding repeats the last token forever."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    src = gguf.GGUFReader(tokenizer_from)
+    w = gguf.GGUFWriter(path, "gemma3")
+    hd = n_embd // n_head
+    w.add_name("synthetic gemma3")
+    w.add_context_length(4096)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_sliding_window(window)
+    for name, field in src.fields.items():
+        if name.startswith("tokenizer."):
+            sub = field.types[1] if len(field.types) > 1 else None
+            w.add_key_value(name, field.contents(), field.types[0], sub)
+    n_vocab = len(src.fields["tokenizer.ggml.tokens"].contents())
+
+    def mat(name, rows, cols, scale=None):
+        x = rng.standard_normal((rows, cols)) * (scale if scale is not None else cols ** -0.5)
+        w.add_tensor(name, x.astype(np.float16))
+
+    def norm(name, n):  # gemma norms scale by (1 + weight)
+        w.add_tensor(name, rng.uniform(0.0, 0.3, n).astype(np.float32))
+
+    mat("token_embd.weight", n_vocab, n_embd, scale=0.05)
+    mat("output.weight", n_vocab, n_embd, scale=1.0)
+    norm("output_norm.weight", n_embd)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        for t in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            norm(p + t + ".weight", n_embd)
+        norm(p + "attn_q_norm.weight", hd)
+        norm(p + "attn_k_norm.weight", hd)
+        mat(p + "attn_q.weight", n_head * hd, n_embd)
+        mat(p + "attn_k.weight", n_head_kv * hd, n_embd)
+        mat(p + "attn_v.weight", n_head_kv * hd, n_embd)
+        mat(p + "attn_output.weight", n_embd, n_head * hd)
+        mat(p + "ffn_gate.weight", n_ff, n_embd)
+        mat(p + "ffn_up.weight", n_ff, n_embd)
+        mat(p + "ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     return path
