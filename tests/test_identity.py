@@ -442,3 +442,46 @@ def test_time_split_counts_the_heads_once(model_path, reference):
     st = llm.medusa_stats
     assert st.time_heads >= 0.02 * (st.steps - 1)
     assert st.time_bookkeeping < 0.25 * st.time_heads, st
+
+
+def _prompt_with_a_picture(llm, embd_rows: np.ndarray) -> list:
+    """What llama-cpp-python's multimodal chat handlers (mtmd) do: text through eval(), the image's embeddings
+    decoded straight into sequence 0 (mtmd_helper_eval_chunk_single), then n_tokens moved past them. The
+    "picture" here is a caption's token embeddings, so the answer is about it."""
+    import ctypes
+
+    llm.reset()
+    llm._ctx.kv_cache_clear()
+    llm.eval(llm.tokenize(b"<|im_start|>user\nDescribe this picture: ", special=True))
+    n, n_embd = embd_rows.shape
+    b = llama_cpp.llama_batch_init(n, n_embd, 1)
+    try:
+        ctypes.memmove(b.embd, np.ascontiguousarray(embd_rows, dtype=np.float32).ctypes.data, embd_rows.size * 4)
+        for i in range(n):
+            b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = llm.n_tokens + i, 1, 0, 0
+        b.n_tokens = n
+        assert llama_cpp.llama_decode(llm._ctx.ctx, b) == 0
+    finally:
+        llama_cpp.llama_batch_free(b)
+    llm.input_ids[llm.n_tokens : llm.n_tokens + n] = 0  # stock leaves these ids unset
+    llm.n_tokens += n
+    llm.eval(llm.tokenize(b" in detail.<|im_end|>\n<|im_start|>assistant\n", add_bos=False, special=True))
+    return llm.input_ids[: llm.n_tokens].tolist()
+
+
+def test_cells_decoded_past_eval_reach_every_leaf(model_path, stock):
+    """Image embeddings decoded into sequence 0 by a multimodal handler used to be missing from the other
+    leaves' sequences: output left stock's at its third token. generate() now mirrors the whole prefix."""
+    import gguf
+
+    caption = stock.tokenize(b"a red fox jumping over a sleeping brown dog in a sunny green field", add_bos=False)
+    t = next(t for t in gguf.GGUFReader(model_path).tensors if t.name == "token_embd.weight")
+    rows = gguf.quants.dequantize(t.data[caption], t.tensor_type)
+    pt = _prompt_with_a_picture(stock, rows)
+    ref = stock_tokens(stock, pt, 200, temp=0.0)
+    assert "fox" in stock.detokenize(ref).decode()  # the picture reached the answer
+    drafter = OracleDrafter(pt + ref, n_heads=4, p_other_rank=0.5)
+    llm = medusa(model_path, drafter, choices=MID_TREE)
+    assert _prompt_with_a_picture(llm, rows) == pt
+    assert medusa_tokens(llm, pt, 200, temp=0.0) == ref
+    assert llm.medusa_stats.mean_accepted > 2.0

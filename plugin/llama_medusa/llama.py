@@ -605,6 +605,10 @@ class _MedusaRun:
             raise ValueError(f"Requested tokens ({len(full)}) exceed context window of {llm._n_ctx}")
         llm._truncate(keep)
         llm.n_tokens = keep
+        # The prefix may hold cells decoded into sequence 0 alone, past eval(): llama-cpp-python's multimodal chat
+        # handlers decode image embeddings that way. Every tree leaf needs them, so mirror the whole prefix again
+        # (metadata only: microseconds per call).
+        llm._mirror(0)
         llm.eval(full[keep:])
         self.stats.time_prompt += time.perf_counter() - t0
         return llm._sample_last()
