@@ -1,4 +1,4 @@
-"""The `llama-medusa` command: bench (the main job) and train."""
+"""The `llama-medusa` command: bench (the main job), train, serve and the converters."""
 from __future__ import annotations
 
 import argparse
@@ -64,6 +64,15 @@ def main(argv=None) -> int:
     gb.add_argument("--reps", type=int, default=20)
     gb.add_argument("--json", help="also write the numbers to this JSON file")
 
+    sub.add_parser("serve", add_help=False,
+                   help="llama-cpp-python's OpenAI-compatible server with Medusa heads (its flags, plus --medusa_heads, "
+                        "--medusa_choices, --medusa_lookup; needs llama-medusa[server])")
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # llama_cpp.server's own argument parser takes the rest
+        from .server import main as serve_main
+
+        return serve_main(argv[1:])
     args = ap.parse_args(argv)
     if args.cmd is None:
         ap.print_help()
