@@ -52,7 +52,9 @@ def test_swa_model_greedy_identical(swa_model, swa_reference, choices):
 
 def test_window_sized_swa_cache_is_replaced_with_a_warning(swa_model, swa_reference):
     """swa_full=False used to fail mid-answer (llama_decode found no slot: cells shared by the tree's sequences are
-    never recycled) or leave stock's output; the tree context now takes the full-size cache and says so."""
+    never recycled); the tree context now takes the full-size cache and says so. Its output is then stock's with
+    the full-size cache (a window-sized one recycles cells out of position order, which moves stock's own greedy
+    output at near-ties)."""
     pt, ref = swa_reference
     with pytest.warns(RuntimeWarning, match="swa_full=False does not fit a Medusa tree"):
         llm = Llama(swa_model, n_ctx=N_CTX, flash_attn=True, verbose=False, swa_full=False, **THREADS,

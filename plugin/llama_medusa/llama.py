@@ -327,13 +327,13 @@ class Llama(llama_cpp.Llama):
                                       pooling_type=int(self.context_params.pooling_type),
                                       swa_full=bool(self.context_params.swa_full))
         if llama_cpp.llama_model_n_swa(self._model.model) > 0 and not self.context_params.swa_full:
-            # A window-sized SWA cache cannot hold a tree: cells shared by several leaves are never recycled (so a
-            # decode finds no slot) and rejected branches cannot be rolled back past the window, which measured as
-            # a failed decode or output leaving stock's (synthetic gemma3, 16-token window). llama.cpp's own
-            # speculative decoding turns the full-size cache on for SWA models too.
-            warnings.warn("swa_full=False does not fit a Medusa tree (its sliding-window cache cannot branch or roll "
-                          "back): using the full-size SWA cache, which needs the KV memory of a non-SWA model",
-                          RuntimeWarning, stacklevel=4)
+            # A window-sized SWA cache cannot hold a tree: llama.cpp recycles an out-of-window cell only when one
+            # sequence owns it, and the tree's leaves share every committed cell, so the cache runs out of slots
+            # (measured: llama_decode returned 1 mid-answer, synthetic gemma3 with a 16-token window). llama.cpp's
+            # own speculative decoding turns the full-size cache on for SWA models too.
+            warnings.warn("swa_full=False does not fit a Medusa tree (the cells its branches share are never "
+                          "recycled, so the window-sized cache runs out of slots): using the full-size SWA cache, "
+                          "which needs the KV memory of a non-SWA model", RuntimeWarning, stacklevel=4)
             self.context_params.swa_full = True
         pool_nothing(self)
         self._ctx.close()
