@@ -116,3 +116,27 @@ def test_answers_from_another_model_are_refused(tmp_path):
         back.check_model(8, 49152)
     with pytest.raises(ValueError, match="token id 60000, outside the model's vocabulary of 49152"):
         AnswerIndex(back.answers, 49152)
+
+
+def test_reference_texts_round_trip_and_malformed_ones_are_refused(tmp_path):
+    """The reference texts `auto` replays the lookup over: stored with their prompt lengths, read back as
+    (prompt + answer, prompt length); a length per text, each inside its text, or a clear refusal."""
+    block = [[(np.zeros((8, 8), np.float32), None, None)]]
+    texts = [[5, 6, 7, 8, 9], [1, 2, 3, 4]]
+    heads = MedusaHeads(block, [None], 8, reference=concatenate(texts), reference_prompt_tokens=np.array([2, 1]))
+    path = str(tmp_path / "h.safetensors")
+    heads.save(path)
+    back = MedusaHeads.load(path)
+    assert [(list(t), n) for t, n in back.reference_texts()] == [(texts[0], 2), (texts[1], 1)]
+    assert MedusaHeads(block, [None], 8).reference_texts() == []
+    with pytest.raises(ValueError, match="reference and reference_prompt_tokens come together"):
+        MedusaHeads(block, [None], 8, reference=concatenate(texts))
+    for lengths in ([2], [2, 4], [0, 1], [2.0, 1.0]):
+        with pytest.raises(ValueError, match=r"reference_prompt_tokens must hold one prompt length per reference "
+                                             r"text \(2\), each shorter than its text"):
+            MedusaHeads(block, [None], 8, reference=concatenate(texts), reference_prompt_tokens=np.array(lengths))
+    with pytest.raises(ValueError, match="reference hold -7"):
+        MedusaHeads(block, [None], 8, reference=np.array([1, -7, -1]), reference_prompt_tokens=np.array([1]))
+    far = MedusaHeads(block, [None], 8, reference=concatenate([[1, 60000, 3]]), reference_prompt_tokens=np.array([1]))
+    with pytest.raises(ValueError, match="reference hold token id 60000, outside the model's vocabulary of 49152"):
+        far.check_model(8, 49152)

@@ -168,3 +168,63 @@ def test_lookup_branch_goes_first_when_likelier_than_the_heads_child():
         cold.observe([7, 8], [1, 2, 3], b)
     assert not cold.first(0, 0, b) and not cold.first(1, 1, b)
     assert cold.first(0, 2, b)  # no head fills depth 2: the branch has that node's children to itself
+
+
+def _repeating_text(seed=0, n_prompt=20, n_answer=160):
+    """A prompt of distinct tokens, then an answer that repeats it twice with some fresh tokens between."""
+    rng = np.random.default_rng(seed)
+    prompt = rng.choice(np.arange(100, 1000), n_prompt, replace=False)
+    fresh = rng.choice(np.arange(1000, 2000), n_answer, replace=False)
+    answer = np.concatenate([fresh[:30], prompt, fresh[30:60], prompt, fresh[60:]])[:n_answer]
+    return np.concatenate([prompt, answer]).astype(np.int32), n_prompt
+
+
+def test_lookup_replay_follows_the_cost_curve():
+    """Replaying the gate over a text: long repeats pay where extra tokens of a batch are nearly free, and nothing
+    pays where a batch of T costs T tokens (the gate then never speculates: exactly plain decoding)."""
+    from llama_medusa.lookup import LookupGate
+
+    texts = [_repeating_text(s) for s in range(3)]
+    flat = {T: 0.010 * (1 + 0.02 * (T - 1)) for T in range(1, 10)}
+    linear = {T: 0.010 * T for T in range(1, 10)}
+    fast = LookupGate(8, flat).replay(texts)
+    assert len(fast) == 3 and min(fast) > 1.2
+    assert np.allclose(LookupGate(8, linear).replay(texts), 1.0)
+    gate = LookupGate(8, flat)
+    gate.replay(texts)
+    assert np.array_equal(gate.hits, LookupGate(8, flat).hits)  # replay leaves no hit rates behind
+    with pytest.raises(ValueError, match="cost curve"):
+        LookupGate(8).replay(texts)
+
+
+def test_auto_decodes_plainly_when_the_lookup_replays_below_the_margin(model_path, stock, monkeypatch):
+    """With no heads tree, `auto` keeps the lookup only where its replay over the heads' reference texts promises
+    REPLAY_MIN_GAIN; below it generation is stock's own loop (and its output)."""
+    import llama_cpp
+
+    from llama_medusa import Llama, autotree, lookup
+    from llama_medusa.shipped import default_heads_path
+
+    heads = default_heads_path(model_path)
+    curves = {"flat": {T: 0.010 * (1 + 0.3 * (T > 1) + 0.01 * T) for T in autotree.COST_SIZES},
+              "linear": {T: 0.010 * T for T in autotree.COST_SIZES}}
+    for name, curve in curves.items():
+        monkeypatch.setattr(autotree, "cost_curve", lambda llm, sizes=(), **kw: dict(curve))
+        # heads this slow win no tree on any curve: the lookup alone is what `auto` weighs
+        monkeypatch.setattr(autotree, "heads_time", lambda *a, **k: autotree.HeadsCost(fixed=1.0))
+        llm = Llama(model_path, medusa_heads=heads, n_ctx=512, verbose=False)
+        a = llm.medusa_auto
+        assert a["choices"] == [] and a["lookup_replay_texts"] == 30  # the shipped file's validation answers
+        if name == "flat":
+            assert a["lookup"] and a["lookup_predicted_speedup"] >= lookup.REPLAY_MIN_GAIN
+            assert llm._medusa.lookup is not None and a["predicted_speedup"] == a["lookup_predicted_speedup"]
+        else:
+            assert not a["lookup"] and abs(a["lookup_predicted_speedup"] - 1.0) < 1e-9 and a["predicted_speedup"] < 1.05
+            assert llm._medusa.lookup is None
+            calls = []
+            real = llama_cpp.Llama.generate
+            monkeypatch.setattr(llama_cpp.Llama, "generate", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+            text = llm.create_completion("The capital of France is", max_tokens=8, temperature=0.0)["choices"][0]["text"]
+            assert calls and text == stock.create_completion("The capital of France is", max_tokens=8,
+                                                             temperature=0.0)["choices"][0]["text"]
+        llm.close()

@@ -129,8 +129,10 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         if peer:
             row["lookup_speedup"] = row["lookup_tok_s"] / row["stock_tok_s"]
             row["lookup_identical"] = texts["lookup"] == texts["stock"]
-        row.update(mean_accepted=st.mean_accepted, head_acceptance=st.head_acceptance, steps=st.steps,
-                   medusa_tokens=st.tokens, lookup_nodes=st.lookup_nodes, lookup_accepted=st.lookup_accepted,
+        # no steps: `auto` decoded plainly, in stock's loop (one token per pass)
+        row.update(mean_accepted=st.mean_accepted if st.steps else 1.0, head_acceptance=st.head_acceptance,
+                   steps=st.steps, medusa_tokens=st.tokens, lookup_nodes=st.lookup_nodes,
+                   lookup_accepted=st.lookup_accepted,
                    answers_nodes=st.answers_nodes, answers_accepted=st.answers_accepted,
                    time_split_ms={"verify": st.time_verify * 1e3, "heads": st.time_heads * 1e3,
                                   "sample": st.time_sample * 1e3, "bookkeeping": st.time_bookkeeping * 1e3})
@@ -150,7 +152,8 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         "verify_cost_ratio": {str(k): v / cost[1] for k, v in cost.items()},
         "speedup_median": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
         "mean_accepted": statistics.mean(r["mean_accepted"] for r in rows),
-        "tokens_per_pass": sum(r["medusa_tokens"] for r in rows) / max(sum(r["steps"] for r in rows), 1),
+        "tokens_per_pass": (sum(r["medusa_tokens"] for r in rows) / sum(r["steps"] for r in rows)
+                            if any(r["steps"] for r in rows) else 1.0),
         "head_acceptance": [statistics.mean(r["head_acceptance"][d] for r in rows if d < len(r["head_acceptance"]))
                             for d in range(n_heads)],
         "time_split_ms": split,
@@ -163,6 +166,9 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
     }
     if med.medusa_auto:
         summary["predicted_speedup"] = med.medusa_auto["predicted_speedup"]
+        if "lookup" in med.medusa_auto:  # no heads tree: whether the lookup runs alone, and its replay
+            summary["lookup_alone"] = med.medusa_auto["lookup"]
+            summary["lookup_predicted_speedup"] = med.medusa_auto["lookup_predicted_speedup"]
         summary["perfect_bound"] = med.medusa_auto["perfect_bound"]
     if peer:
         summary["lookup_speedup_median"] = statistics.median(r["lookup_speedup"] for r in rows)
@@ -247,8 +253,12 @@ def format_table(s: dict) -> str:
         + f"; heads + Python bookkeeping = {s['overhead_fraction']:.0%} of the speculative time",
     ]
     if "predicted_speedup" in s:
-        lines.append(f"auto tree: predicted {s['predicted_speedup']:.2f}x, measured median {s['speedup_median']:.2f}x; "
-                     f"perfect heads on this cost curve: {s['perfect_bound']:.2f}x")
+        what = "tree"
+        if "lookup_alone" in s:  # no heads tree: the lookup alone, kept or not by its replay over the reference texts
+            what = ("lookup alone" if s["lookup_alone"] else "plain decoding, stock's loop") + \
+                f" (the lookup replays at {s['lookup_predicted_speedup']:.2f}x)"
+        lines.append(f"auto {what}: predicted {s['predicted_speedup']:.2f}x, measured median "
+                     f"{s['speedup_median']:.2f}x; perfect heads on this cost curve: {s['perfect_bound']:.2f}x")
     if "lookup_speedup_median" in s:
         lines.append(f"peer: llama-cpp-python prompt-lookup speculation {s['lookup_speedup_median']:.2f}x median, "
                      f"identical {'all' if s['lookup_all_identical'] else 'NOT all'}")

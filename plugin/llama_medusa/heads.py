@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .answers import check as check_answers
+from .answers import SEPARATOR, check as check_answers
 
 Block = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]  # (w_in, b_in, w_out)
 
@@ -62,6 +62,12 @@ class MedusaHeads:
     # The greedy answers the heads were trained on (token ids, answers.SEPARATOR between answers), or None: the
     # lookup's second source (answers.py). Stored as the int32 tensor ``answers``.
     answers: Optional[np.ndarray] = None
+    # Greedy answers to held-out prompts, each with its prompt (what the lookup sees as context), or None: `auto`
+    # replays the lookup gate over them to predict what the lookup alone gains on this machine's cost curve
+    # (LookupGate.replay). Stored as the int32 tensors ``reference`` (prompt + answer, answers.SEPARATOR between
+    # texts) and ``reference_prompt_tokens`` (each text's prompt length).
+    reference: Optional[np.ndarray] = None
+    reference_prompt_tokens: Optional[np.ndarray] = None
 
     def __post_init__(self):
         if not self.blocks:
@@ -113,6 +119,25 @@ class MedusaHeads:
             self.draft_vocab = dv.astype(np.int32)
         if self.answers is not None:
             self.answers = check_answers(self.answers, what=f"{self.source}: answers")
+        if (self.reference is None) != (self.reference_prompt_tokens is None):
+            raise ValueError(f"{self.source}: reference and reference_prompt_tokens come together (one is missing)")
+        if self.reference is not None:
+            self.reference = check_answers(self.reference, what=f"{self.source}: reference")
+            n = np.asarray(self.reference_prompt_tokens)
+            texts = np.split(self.reference, np.flatnonzero(self.reference == SEPARATOR) + 1)[:-1]
+            if (n.ndim != 1 or not np.issubdtype(n.dtype, np.integer) or len(n) != len(texts)
+                    or len(self.reference) and self.reference[-1] != SEPARATOR
+                    or any(not 0 < int(k) < len(t) - 1 for k, t in zip(n, texts))):
+                raise ValueError(f"{self.source}: reference_prompt_tokens must hold one prompt length per reference "
+                                 f"text ({len(texts)}), each shorter than its text, got {n.dtype} of shape {n.shape}")
+            self.reference_prompt_tokens = n.astype(np.int32)
+
+    def reference_texts(self) -> List[Tuple[np.ndarray, int]]:
+        """(prompt + answer token ids, prompt length) per reference text ([] when the file has none)."""
+        if self.reference is None:
+            return []
+        texts = np.split(self.reference, np.flatnonzero(self.reference == SEPARATOR) + 1)[:-1]
+        return [(t[:-1], int(n)) for t, n in zip(texts, self.reference_prompt_tokens)]
 
     @property
     def n_heads(self) -> int:
@@ -182,6 +207,9 @@ class MedusaHeads:
             tensors["draft_vocab"] = np.ascontiguousarray(self.draft_vocab, dtype=np.int32)
         if self.answers is not None:
             tensors["answers"] = np.ascontiguousarray(self.answers, dtype=np.int32)
+        if self.reference is not None:
+            tensors["reference"] = np.ascontiguousarray(self.reference, dtype=np.int32)
+            tensors["reference_prompt_tokens"] = np.ascontiguousarray(self.reference_prompt_tokens, dtype=np.int32)
         if half:
             tensors = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in tensors.items()}
         meta = dict(self.meta)
@@ -209,6 +237,8 @@ class MedusaHeads:
             )
         if self.answers is not None:
             check_answers(self.answers, n_vocab, what=f"Medusa heads {self.source}: answers")
+        if self.reference is not None:
+            check_answers(self.reference, n_vocab, what=f"Medusa heads {self.source}: reference")
         if self.draft_vocab is not None and int(self.draft_vocab.max()) >= n_vocab:
             raise ValueError(
                 f"Medusa heads {self.source} draft from token id {int(self.draft_vocab.max())}, but the model's "
@@ -329,9 +359,10 @@ def _load_safetensors(path: str) -> MedusaHeads:
         raise ValueError(f"{path}: cannot read safetensors file ({type(e).__name__}: {e})") from None
     draft_vocab = tensors.pop("draft_vocab", None)
     answers = tensors.pop("answers", None)
+    reference = (tensors.pop("reference", None), tensors.pop("reference_prompt_tokens", None))
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
     if FORMAT_KEY in meta:
-        return _from_own(path, tensors, _own_meta(path, meta[FORMAT_KEY]), draft_vocab, answers)
+        return _from_own(path, tensors, _own_meta(path, meta[FORMAT_KEY]), draft_vocab, answers, reference)
     return _from_medusa(path, tensors)
 
 
@@ -363,7 +394,7 @@ def _own_meta(path: str, text: str) -> Dict[str, Any]:
 
 
 def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_vocab=None,
-              answers=None) -> MedusaHeads:
+              answers=None, reference=(None, None)) -> MedusaHeads:
     if int(meta.get("version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{path}: heads format version {meta.get('version')} is newer than this llama-medusa reads")
     n = int(meta["n_heads"])
@@ -384,7 +415,8 @@ def _from_own(path: str, t: Dict[str, np.ndarray], meta: Dict[str, Any], draft_v
         if not head and proj[-1] is None:
             raise ValueError(f"{path}: head {k} has no tensors")
     return MedusaHeads(blocks, proj, int(meta["hidden_size"]), source=path, format="llama-medusa", meta=meta,
-                       draft_vocab=draft_vocab, cond=cond, answers=answers)
+                       draft_vocab=draft_vocab, cond=cond, answers=answers, reference=reference[0],
+                       reference_prompt_tokens=reference[1])
 
 
 def _from_medusa(path: str, t: Dict[str, np.ndarray]) -> MedusaHeads:

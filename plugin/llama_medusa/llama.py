@@ -70,7 +70,9 @@ class Llama(llama_cpp.Llama):
         medusa_lookup: most tokens of the lookup branch grafted onto each step's tree (lookup.py: the
             continuation of the last n-gram's earlier occurrence in prompt + output, or of the model's own earlier
             answers stored with the heads, answers.py); 0 turns it off. With "auto" a step adds as many as raise
-            its expected tokens per second; when no heads tree wins, steps where no lookup pays decode one token.
+            its expected tokens per second; when no heads tree wins, steps where no lookup pays decode one token,
+            and if replaying the lookup over the heads' reference texts on the measured cost curve promises
+            less than lookup.REPLAY_MIN_GAIN, generation is plain (stock's loop; llm.medusa_auto["lookup"]).
         posterior_threshold, posterior_alpha: opt-in typical acceptance (Medusa paper) at temperature > 0: a
             drafted child is accepted if p(child) > min(threshold, alpha * exp(-entropy)). Faster, but the output
             no longer follows the sampling distribution exactly. Ignored at temperature 0 and with a grammar.
@@ -174,6 +176,8 @@ class Llama(llama_cpp.Llama):
             stored = getattr(getattr(drafter, "heads", None), "answers", None)
             index = answers.index_of(stored, self._n_vocab) if stored is not None else None
             gate = LookupGate(medusa_lookup, heads_top1=top1, answers=index, **priced)
+            if priced and not medusa_choices:
+                gate = self._lookup_alone(gate, drafter)
         tree = Tree(medusa_choices, n_heads=drafter.n_heads, top_k=medusa_top_k)
         if isinstance(drafter, HeadsDrafter):
             drafter.max_depth = max(tree.depth, 1)  # its propose() then skips heads the tree never reads
@@ -188,6 +192,22 @@ class Llama(llama_cpp.Llama):
         )
         # a lookup branch adds at most one leaf (it hangs below one node as a chain)
         self._prepare_context(n_seq=max(1, tree.n_leaves) + (gate is not None))
+
+    def _lookup_alone(self, gate: LookupGate, drafter) -> Optional[LookupGate]:
+        """Under "auto" with no heads tree: the lookup gate, or None (plain decoding in stock's loop) when replaying
+        it over the heads file's reference texts on this cost curve promises less than lookup.REPLAY_MIN_GAIN.
+        Without reference texts the gate is kept and priced step by step, as before they existed."""
+        texts = getattr(getattr(drafter, "heads", None), "reference_texts", lambda: [])()
+        if not texts:
+            return gate
+        a = self.medusa_auto
+        ratios = gate.replay(texts)
+        a.update(lookup_predicted_speedup=float(np.median(ratios)), lookup_replay_texts=len(ratios))
+        a["lookup"] = a["lookup_predicted_speedup"] >= lookup.REPLAY_MIN_GAIN
+        if a["lookup"]:
+            a["predicted_speedup"] = a["lookup_predicted_speedup"]  # what runs: the lookup alone
+            return gate
+        return None
 
     def _heads_device(self, want: str, heads: MedusaHeads) -> str:
         if want not in ("auto", "cpu", "gpu"):

@@ -62,6 +62,13 @@ PRIOR_WEIGHT = 8.0
 # noise of the hit rates and the cost curve (a 1-token context match in a repetitive text sits at break-even).
 MIN_GAIN = 1.02
 
+# With no heads tree, the lookup alone must promise this much over plain decoding on the reference texts
+# (LookupGate.replay) or `auto` decodes plainly, through stock's loop: the decoder's own plain step costs 1.5-3% more
+# than a token of stock's loop (BENCHMARKS.md, session 7), and a run's speedup moves by about +-4% on these
+# machines. Where a verify batch of two costs about two tokens (SmolLM2 on 2 threads of these CPUs), the lookup
+# replays at 1.00-1.04x and measured 0.95x (session 12).
+REPLAY_MIN_GAIN = 1.05
+
 
 def context_bucket(n: int) -> int:
     return min(max(n, 1), CONTEXT_NGRAM) - 1
@@ -184,6 +191,37 @@ class LookupGate:
         p_heads = self.heads_top1[depth] if depth < len(self.heads_top1) else 0.0
         p_look = self.rate(matched, bucket) / (self.rate(matched - 1, bucket) if matched else 1.0)
         return p_look > p_heads
+
+    def replay(self, texts: Sequence[Tuple[np.ndarray, int]]) -> List[float]:
+        """Per reference text (prompt + greedy answer, prompt length): the speedup over plain steps that this
+        gate's choices would give while decoding the answer, priced on its cost curve. A step verifies the branch
+        the gate adds and keeps its right tokens plus one, as a decode would; the answer stands in for the
+        backbone, so no model runs. Hit rates are reset before each text and after the last."""
+        if self.cost is None:
+            raise ValueError("replay needs a cost curve: an unpriced gate adds every proposed token")
+        t = self._step_times(self.max_tokens + 1)
+        out = []
+        for tokens, n_prompt in texts:
+            ids = np.asarray(tokens)
+            self.reset()
+            pos, produced, spent = n_prompt, 0, 0.0  # pos: the position of the last token, already sampled
+            while pos < len(ids) - 1:
+                chain, bucket = self.draft(ids[: pos + 1])
+                n = self.count(1, 0, len(chain), bucket) if chain else 0
+                truth = ids[pos + 1 : pos + 1 + n + 1]
+                right = 0
+                while right < min(n, len(truth)) and chain[right] == truth[right]:
+                    right += 1
+                emitted = [int(x) for x in truth[: right + 1]]
+                if chain:
+                    self.observe(chain, emitted, bucket)
+                spent += t[1 + n]
+                produced += len(emitted)
+                pos += len(emitted)
+            if produced:
+                out.append(produced * t[1] / spent)
+        self.reset()
+        return out
 
     def observe(self, chain: Sequence[int], emitted: Sequence[int], bucket: int) -> None:
         """Update the bucket's hit rates with what the backbone produced after the root (`emitted`): depth j counts

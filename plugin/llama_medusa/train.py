@@ -10,7 +10,8 @@
    vocabulary (the most frequent answer tokens), which is also all the heads ever propose at inference.
 3. Measure: per-head top-1..10 accuracy on the validation prompts (hand-written, not trained on), stored in the
    heads file for the tree choice, and on the held-out split of the training prompts.
-4. Keep the training split's answers (token ids) in the heads file: the lookup's second source (answers.py).
+4. Keep the training split's answers (token ids) in the heads file: the lookup's second source (answers.py);
+   and the validation prompts with their answers: the texts `auto` replays the lookup over (lookup.py).
 """
 from __future__ import annotations
 
@@ -355,11 +356,21 @@ def train_answers(train_data) -> np.ndarray:
     return concatenate([toks[n_prompt:] for toks, _, n_prompt in train_data])
 
 
+def reference_texts(val_data):
+    """The validation prompts with their greedy answers, stored with the heads: `auto` replays the lookup gate
+    over them on each machine's cost curve (LookupGate.replay). Returns (reference, reference_prompt_tokens)."""
+    from .answers import concatenate
+
+    return (concatenate([toks for toks, _, _ in val_data]),
+            np.array([n_prompt for _, _, n_prompt in val_data], dtype=np.int32))
+
+
 def measure_and_save(heads, model_path: str, out_path: str, split_data, meta: dict, max_tokens: int = ANSWER_TOKENS,
                      n_threads: Optional[int] = None, proj=None, embedding=None, log=print):
     """Accuracies on the validation prompts (stored as top_k_accuracy, what `auto` uses) and on the held-out
     split of the training prompts (stored beside them), then the file (float16)."""
     val_data = collect(model_path, VALIDATION_PROMPTS, max_tokens=max_tokens, n_threads=n_threads, log=log)
+    heads.reference, heads.reference_prompt_tokens = reference_texts(val_data)
     acc = accuracy(heads, model_path, val_data, proj=proj, embedding=embedding)
     acc_split = accuracy(heads, model_path, split_data, proj=proj, embedding=embedding)
     heads.save(out_path, extra_meta=dict(meta, top_k_accuracy=acc, top_k_accuracy_split=acc_split,
