@@ -17,7 +17,8 @@ token's chance being its bucket's running hit rate at that depth in this generat
 and whether the branch goes before or after the heads' children where it hangs (`first`). A step whose best
 count is zero decodes the heads' tree alone, or one token when there is none: on a backbone where no heads tree
 pays (SmolLM2 in F16 here) speculation happens only on steps where the lookup is likely right. Without a cost
-curve every proposed token is added.
+curve every proposed token is added. Whether the lookup alone is worth running at all is decided once, at load, by
+replaying the gate over the heads file's reference texts (`LookupGate.replay`, REPLAY_MIN_GAIN).
 """
 from __future__ import annotations
 
