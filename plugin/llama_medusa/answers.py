@@ -138,6 +138,12 @@ def concatenate(answers: Sequence[Sequence[int]]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
+
+def split(a: np.ndarray) -> List[np.ndarray]:
+    """The inverse of concatenate: each text that a SEPARATOR ends, without it."""
+    ends = np.flatnonzero(a == SEPARATOR)
+    return [a[start:end] for start, end in zip(np.r_[0, ends[:-1] + 1], ends)]
+
 _INDEXES = {}
 
 

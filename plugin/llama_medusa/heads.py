@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .answers import SEPARATOR, check as check_answers
+from .answers import SEPARATOR, check as check_answers, split as split_texts
 
 Block = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]  # (w_in, b_in, w_out)
 
@@ -124,10 +124,10 @@ class MedusaHeads:
         if self.reference is not None:
             self.reference = check_answers(self.reference, what=f"{self.source}: reference")
             n = np.asarray(self.reference_prompt_tokens)
-            texts = np.split(self.reference, np.flatnonzero(self.reference == SEPARATOR) + 1)[:-1]
+            texts = split_texts(self.reference)
             if (n.ndim != 1 or not np.issubdtype(n.dtype, np.integer) or len(n) != len(texts)
                     or len(self.reference) and self.reference[-1] != SEPARATOR
-                    or any(not 0 < int(k) < len(t) - 1 for k, t in zip(n, texts))):
+                    or any(not 0 < int(k) < len(t) for k, t in zip(n, texts))):
                 raise ValueError(f"{self.source}: reference_prompt_tokens must hold one prompt length per reference "
                                  f"text ({len(texts)}), each shorter than its text, got {n.dtype} of shape {n.shape}")
             self.reference_prompt_tokens = n.astype(np.int32)
@@ -136,8 +136,7 @@ class MedusaHeads:
         """(prompt + answer token ids, prompt length) per reference text ([] when the file has none)."""
         if self.reference is None:
             return []
-        texts = np.split(self.reference, np.flatnonzero(self.reference == SEPARATOR) + 1)[:-1]
-        return [(t[:-1], int(n)) for t, n in zip(texts, self.reference_prompt_tokens)]
+        return [(t, int(n)) for t, n in zip(split_texts(self.reference), self.reference_prompt_tokens)]
 
     @property
     def n_heads(self) -> int:
