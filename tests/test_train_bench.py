@@ -110,6 +110,8 @@ def test_bench_json_fields(model_path, tmp_path):
                 "lookup_accepted", "answers_nodes", "answers_accepted"):
         assert key in s, key
     assert s["divergences"] == [] and s["lookup"] == 8
+    # a fixed tree runs: the lookup alone is not what runs, so no replay of it is printed as a prediction
+    assert "lookup_replay_median" not in s and not any("lookup_replay" in r for r in s["prompts"])
     assert s["all_identical"] and len(s["prompts"]) == 2
     assert {"read_GBps", "f32_GFLOPs", "cpu"} <= set(s["machine"])
     assert "speedup" in r.stdout and "identical" in r.stdout

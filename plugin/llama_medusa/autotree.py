@@ -101,6 +101,13 @@ MIN_GAIN = 1.05
 # loop. Priced into every tree, so a tree must beat it.
 STEP_OVERHEAD_S = 0.8e-3
 
+# What stock's own loop spends per token around llama_decode (sampling, detokenizing, its generator): the median
+# time between two decodes in stock's loop on the 2-core CPUs, 0.34 ms (the decoder's: 0.63 ms), session 13.
+# The lookup's replay prices stock's tokens with it: without it the replay read 4-7% above the speedup measured on
+# the very texts it replayed, with it 0-3%. `choose` leaves it out (plain decoding at t(1) alone), which errs towards
+# plain decoding by the same few %.
+STOCK_TOKEN_OVERHEAD_S = 0.35e-3
+
 
 def choose(acc: np.ndarray, cost: Dict[int, float], t_heads, max_nodes: int = 62, min_gain: float = MIN_GAIN,
            step_overhead: float = STEP_OVERHEAD_S):

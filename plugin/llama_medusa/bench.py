@@ -68,7 +68,7 @@ def _timed_chat(llm, prompt: str, max_tokens: int):
     r = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
                                    temperature=0.0)
     dt = time.perf_counter() - t0
-    return r["choices"][0]["message"]["content"], r["usage"]["completion_tokens"], dt
+    return r["choices"][0]["message"]["content"], r["usage"]["completion_tokens"], dt, r["usage"]["prompt_tokens"]
 
 
 def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts: Optional[List[str]] = None,
@@ -111,10 +111,10 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
     for i, p in enumerate(prompts):
         times = {k: [] for k in engines}
         texts, ntok, stats = {}, {}, []
-        ids = {}
+        ids, n_prompt = {}, 0
         for _ in range(runs):
             for name, llm in engines.items():
-                texts[name], ntok[name], dt = _timed_chat(llm, p, max_tokens)
+                texts[name], ntok[name], dt, n_prompt = _timed_chat(llm, p, max_tokens)
                 times[name].append(dt)
                 ids[name] = [int(t) for t in llm.input_ids[: llm.n_tokens]]
             stats.append(med.medusa_stats)
@@ -126,6 +126,10 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         row["speedup"] = row["medusa_tok_s"] / row["stock_tok_s"]
         if not row["identical"]:
             row["divergence"] = divergence(engines["stock"], ids["stock"], ids["medusa"])
+        # what the lookup alone would give on stock's answer to this very prompt, by the replay `auto` decides with
+        replay = med.replay_lookup([(ids["stock"], n_prompt)])
+        if replay:
+            row["lookup_replay"] = replay[0]
         if peer:
             row["lookup_speedup"] = row["lookup_tok_s"] / row["stock_tok_s"]
             row["lookup_identical"] = texts["lookup"] == texts["stock"]
@@ -169,6 +173,9 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         if "lookup" in med.medusa_auto:  # no heads tree: whether the lookup runs alone, and its replay
             summary["lookup_alone"] = med.medusa_auto["lookup"]
             summary["lookup_predicted_speedup"] = med.medusa_auto["lookup_predicted_speedup"]
+        replays = [r["lookup_replay"] for r in rows if "lookup_replay" in r]
+        if replays:
+            summary["lookup_replay_median"] = statistics.median(replays)
         summary["perfect_bound"] = med.medusa_auto["perfect_bound"]
     if peer:
         summary["lookup_speedup_median"] = statistics.median(r["lookup_speedup"] for r in rows)
@@ -192,10 +199,10 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
 
     out = []
     stock_runs, stock_ids = [], []
-    for p in prompts:  # (text, tokens, seconds) and the token ids, once for all trees
+    for p in prompts:  # (text, tokens, seconds, prompt tokens) and the token ids, once for all trees
         stock_runs.append(_timed_chat(stock, p, max_tokens))
         stock_ids.append([int(t) for t in stock.input_ids[: stock.n_tokens]])
-    base = sum(dt for _, _, dt in stock_runs)
+    base = sum(dt for _, _, dt, _ in stock_runs)
     acc = None  # the heads' accuracy table, read once for the "grown-N" entries
     for entry in trees:
         choice, lk = entry if isinstance(entry, tuple) else (entry, lookup)
@@ -207,8 +214,8 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
             paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]
         llm = Llama(model, medusa_heads=heads, medusa_choices=paths, medusa_lookup=lk, **common)
         total, toks, steps, differ = 0.0, 0, 0, []
-        for p, (stock_text, _, _), want in zip(prompts, stock_runs, stock_ids):
-            text, _, dt = _timed_chat(llm, p, max_tokens)
+        for p, (stock_text, _, _, _), want in zip(prompts, stock_runs, stock_ids):
+            text, _, dt, _ = _timed_chat(llm, p, max_tokens)
             total += dt
             toks, steps = toks + llm.medusa_stats.tokens, steps + llm.medusa_stats.steps
             if text != stock_text:
@@ -232,11 +239,13 @@ def format_table(s: dict) -> str:
         + f"  (t(1) = {s['verify_cost_ms']['1']:.1f} ms)",
         "",
         f"{'prompt':40s} {'stock tok/s':>11s} {'medusa tok/s':>12s} {'speedup':>8s} {'acc/pass':>8s} {'same':>5s}"
+        + (f" {'replay':>7s}" if "lookup_replay_median" in s else "")
         + (f" {'lookup':>8s}" if "lookup_speedup_median" in s else ""),
     ]
     for r in s["prompts"]:
         lines.append(f"{r['prompt'][:40]:40s} {r['stock_tok_s']:11.1f} {r['medusa_tok_s']:12.1f} "
                      f"{r['speedup']:7.2f}x {r['mean_accepted']:8.2f} {'yes' if r['identical'] else 'NO':>5s}"
+                     + (f" {r['lookup_replay']:6.2f}x" if "lookup_replay" in r else "")
                      + (f" {r['lookup_speedup']:7.2f}x" if "lookup_speedup" in r else ""))
     lines += [
         "",
@@ -256,7 +265,10 @@ def format_table(s: dict) -> str:
         what = "tree"
         if "lookup_alone" in s:  # no heads tree: the lookup alone, kept or not by its replay over the reference texts
             what = ("lookup alone" if s["lookup_alone"] else "plain decoding, stock's loop") + \
-                f" (the lookup replays at {s['lookup_predicted_speedup']:.2f}x)"
+                f" (the lookup replays at {s['lookup_predicted_speedup']:.2f}x on the heads file's reference texts"
+            if "lookup_replay_median" in s:  # the same replay over stock's answers to the bench's prompts
+                what += f", {s['lookup_replay_median']:.2f}x on stock's answers to these prompts (column 'replay')"
+            what += ")"
         lines.append(f"auto {what}: predicted {s['predicted_speedup']:.2f}x, measured median "
                      f"{s['speedup_median']:.2f}x; perfect heads on this cost curve: {s['perfect_bound']:.2f}x")
     if "lookup_speedup_median" in s:

@@ -164,6 +164,7 @@ class Llama(llama_cpp.Llama):
             )
             drafter = HeadsDrafter(heads, engine, self._token_embedding() if heads.conditioned else None)
         self.medusa_auto = None
+        self._lookup_gate = None  # the lookup gate `auto` priced alone (replay_lookup)
         priced = {}  # under "auto" the lookup gate prices its tokens with the chosen tree's cost model
         if isinstance(medusa_choices, str) and medusa_choices == "auto":
             medusa_choices = self._auto_choices(drafter, n_embd, medusa_top_k or 10, medusa_max_batch)
@@ -197,17 +198,30 @@ class Llama(llama_cpp.Llama):
         """Under "auto" with no heads tree: the lookup gate, or None (plain decoding in stock's loop) when replaying
         it over the heads file's reference texts on this cost curve promises less than lookup.REPLAY_MIN_GAIN.
         Without reference texts the gate is kept and priced step by step, as before they existed."""
+        self._lookup_gate = gate  # kept for replay_lookup() whichever way this goes
         texts = getattr(getattr(drafter, "heads", None), "reference_texts", lambda: [])()
         if not texts:
             return gate
         a = self.medusa_auto
-        ratios = gate.replay(texts)
+        ratios = self.replay_lookup(texts)
         a.update(lookup_predicted_speedup=float(np.median(ratios)), lookup_replay_texts=len(ratios))
         a["lookup"] = a["lookup_predicted_speedup"] >= lookup.REPLAY_MIN_GAIN
         if a["lookup"]:
             a["predicted_speedup"] = a["lookup_predicted_speedup"]  # what runs: the lookup alone
             return gate
         return None
+
+    def replay_lookup(self, texts) -> Optional[List[float]]:
+        """Per text (token ids of prompt + greedy answer, prompt length): the speedup over plain decoding that the
+        lookup alone would give on this machine's cost curve, from the same replay as the load-time decision. The
+        bench replays stock's answers to its prompts, so its prediction is for the texts it measures. None unless
+        `auto` chose no heads tree and the lookup is on (only then is the lookup alone priced)."""
+        from .autotree import STOCK_TOKEN_OVERHEAD_S
+
+        gate = getattr(self, "_lookup_gate", None)
+        if gate is None:
+            return None
+        return gate.replay([(np.asarray(t), int(n)) for t, n in texts], stock_token_s=STOCK_TOKEN_OVERHEAD_S)
 
     def _heads_device(self, want: str, heads: MedusaHeads) -> str:
         if want not in ("auto", "cpu", "gpu"):
