@@ -103,9 +103,9 @@ STEP_OVERHEAD_S = 0.8e-3
 
 # What stock's own loop spends per token around llama_decode (sampling, detokenizing, its generator): the median
 # time between two decodes in stock's loop on the 2-core CPUs, 0.34 ms (the decoder's: 0.63 ms), session 13.
-# The lookup's replay prices stock's tokens with it: without it the replay read 4-7% above the speedup measured on
-# the very texts it replayed, with it 0-3%. `choose` leaves it out (plain decoding at t(1) alone), which errs towards
-# plain decoding by the same few %.
+# The lookup's replay prices stock's tokens with it (before, at the decoder's own 0.8 ms, it read 4-7% higher);
+# what it still misses is in lookup.REPLAY_MIN_GAIN. `choose` leaves it out (plain decoding at t(1) alone), which
+# errs towards plain decoding by the same few %.
 STOCK_TOKEN_OVERHEAD_S = 0.35e-3
 
 

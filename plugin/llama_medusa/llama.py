@@ -215,7 +215,8 @@ class Llama(llama_cpp.Llama):
         """Per text (token ids of prompt + greedy answer, prompt length): the speedup over plain decoding that the
         lookup alone would give on this machine's cost curve, from the same replay as the load-time decision. The
         bench replays stock's answers to its prompts, so its prediction is for the texts it measures. None unless
-        `auto` chose no heads tree and the lookup is on (only then is the lookup alone priced)."""
+        `auto` chose no heads tree and the lookup is on (only then is the lookup alone priced). It resets the gate's
+        running hit rates, as a new generation does: call it between generations."""
         from .autotree import STOCK_TOKEN_OVERHEAD_S
 
         gate = getattr(self, "_lookup_gate", None)
