@@ -212,7 +212,7 @@ class Llama(llama_cpp.Llama):
         return None
 
     def replay_lookup(self, texts) -> Optional[List[float]]:
-        """Per text (token ids of prompt + greedy answer, prompt length): the speedup over plain decoding that the
+        """Per text (token ids of prompt + greedy answer, prompt length): the speedup over stock's loop that the
         lookup alone would give on this machine's cost curve, from the same replay as the load-time decision. The
         bench replays stock's answers to its prompts, so its prediction is for the texts it measures. None unless
         `auto` chose no heads tree and the lookup is on (only then is the lookup alone priced). It resets the gate's

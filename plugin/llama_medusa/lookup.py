@@ -196,17 +196,16 @@ class LookupGate:
         p_look = self.rate(matched, bucket) / (self.rate(matched - 1, bucket) if matched else 1.0)
         return p_look > p_heads
 
-    def replay(self, texts: Sequence[Tuple[np.ndarray, int]], stock_token_s: Optional[float] = None) -> List[float]:
+    def replay(self, texts: Sequence[Tuple[np.ndarray, int]], stock_token_s: float = 0.0) -> List[float]:
         """Per reference text (prompt + greedy answer, prompt length): the speedup over stock's loop that this
         gate's choices would give while decoding the answer, priced on its cost curve. A step verifies the branch
         the gate adds and keeps its right tokens plus one, as a decode would, and costs t(T) plus the gate's fixed
-        time; a token of stock's loop costs t(1) plus `stock_token_s` (its own time around the decode; None: the
-        gate's fixed time, i.e. against the decoder's own plain steps). The answer stands in for the backbone, so
-        no model runs. Hit rates are reset before each text and after the last."""
+        time; a token of stock's loop costs t(1) plus `stock_token_s` (its own time around the decode). The answer
+        stands in for the backbone, so no model runs. Hit rates are reset before each text and after the last."""
         if self.cost is None:
             raise ValueError("replay needs a cost curve: an unpriced gate adds every proposed token")
         t = self._step_times(self.max_tokens + 1)
-        stock = t[1] if stock_token_s is None else t[1] - self.fixed_s + stock_token_s
+        stock = t[1] - self.fixed_s + stock_token_s
         out = []
         for tokens, n_prompt in texts:
             ids = np.asarray(tokens)
