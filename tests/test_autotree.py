@@ -199,6 +199,48 @@ def test_lookup_replay_follows_the_cost_curve():
         LookupGate(8).replay(texts)
 
 
+def test_lookup_oracle_bounds_every_gate():
+    """The oracle is the cheapest way through a text with the lookup's drafts: never below the gate's replay, exactly
+    plain decoding where a batch costs its tokens, and every step a full chain where batches are free."""
+    from llama_medusa.lookup import LookupGate
+
+    texts = [_repeating_text(s) for s in range(3)]
+    curves = [{T: 0.010 * (1 + 0.02 * (T - 1)) for T in range(1, 10)},
+              {T: 0.010 * (1 + 0.6 * (T > 1) + 0.05 * T) for T in range(1, 10)},  # the first extra token dear
+              {T: 0.010 * T for T in range(1, 10)}]
+    for curve in curves:
+        for fixed in (0.0, 0.0008):
+            gate = LookupGate(8, curve, fixed_s=fixed)
+            replay, oracle = gate.replay(texts, 0.0003), gate.oracle(texts, 0.0003)
+            assert len(oracle) == 3 and all(r <= o + 1e-12 for r, o in zip(replay, oracle))
+    assert np.allclose(LookupGate(8, curves[2]).oracle(texts, stock_token_s=0.0003), 1.03)
+    # 20 distinct prompt tokens answered by themselves twice: every draft right, so 39 tokens in ceil(39 / 9) steps
+    prompt = np.arange(100, 120)
+    text = np.concatenate([prompt, prompt, prompt]).astype(np.int32)
+    free = {T: 0.010 for T in range(1, 10)}
+    assert LookupGate(8, free).oracle([(text, 20)]) == [pytest.approx(39 / 5)]
+    with pytest.raises(ValueError, match="cost curve"):
+        LookupGate(8).oracle(texts)
+
+
+def test_bench_prints_the_lookups_replay_and_oracle(model_path, monkeypatch):
+    """Where `auto` runs the lookup alone, the bench predicts each prompt's speedup by the replay and bounds it by
+    the oracle, both over stock's own answer to that prompt."""
+    from llama_medusa import bench
+
+    curve = {T: 0.010 * (1 + 0.3 * (T > 1) + 0.01 * T) for T in autotree.COST_SIZES}
+    monkeypatch.setattr(autotree, "cost_curve", lambda llm, sizes=(), **kw: dict(curve))
+    monkeypatch.setattr(autotree, "heads_time", lambda *a, **k: autotree.HeadsCost(fixed=1.0))
+    s = bench.run_bench(model_path, prompts=["Repeat after me: one two three, one two three, one two three."],
+                        max_tokens=24, runs=1, n_ctx=512, peer=False, log=lambda *a: None)
+    assert s["lookup_alone"] and s["all_identical"]
+    row = s["prompts"][0]
+    assert 0 < row["lookup_replay"] <= row["lookup_oracle"]
+    assert s["lookup_oracle_median"] == row["lookup_oracle"] and s["lookup_replay_median"] == row["lookup_replay"]
+    text = bench.format_table(s)
+    assert "oracle" in text and f"{row['lookup_oracle']:.2f}x" in text
+
+
 def test_auto_decodes_plainly_when_the_lookup_replays_below_the_margin(model_path, stock, monkeypatch):
     """With no heads tree, `auto` keeps the lookup only where its replay over the heads' reference texts promises
     REPLAY_MIN_GAIN; below it generation is stock's own loop (and its output)."""

@@ -130,6 +130,7 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         replay = med.replay_lookup([(ids["stock"], n_prompt)])
         if replay:
             row["lookup_replay"] = replay[0]
+            row["lookup_oracle"] = med.lookup_oracle([(ids["stock"], n_prompt)])[0]  # a gate that knew the answer
         if peer:
             row["lookup_speedup"] = row["lookup_tok_s"] / row["stock_tok_s"]
             row["lookup_identical"] = texts["lookup"] == texts["stock"]
@@ -176,6 +177,8 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         replays = [r["lookup_replay"] for r in rows if "lookup_replay" in r]
         if replays:
             summary["lookup_replay_median"] = statistics.median(replays)
+            summary["lookup_oracle_median"] = statistics.median(r["lookup_oracle"] for r in rows
+                                                                if "lookup_oracle" in r)
         summary["perfect_bound"] = med.medusa_auto["perfect_bound"]
     if peer:
         summary["lookup_speedup_median"] = statistics.median(r["lookup_speedup"] for r in rows)
@@ -239,13 +242,13 @@ def format_table(s: dict) -> str:
         + f"  (t(1) = {s['verify_cost_ms']['1']:.1f} ms)",
         "",
         f"{'prompt':40s} {'stock tok/s':>11s} {'medusa tok/s':>12s} {'speedup':>8s} {'acc/pass':>8s} {'same':>5s}"
-        + (f" {'replay':>7s}" if "lookup_replay_median" in s else "")
+        + (f" {'replay':>7s} {'oracle':>7s}" if "lookup_replay_median" in s else "")
         + (f" {'lookup':>8s}" if "lookup_speedup_median" in s else ""),
     ]
     for r in s["prompts"]:
         lines.append(f"{r['prompt'][:40]:40s} {r['stock_tok_s']:11.1f} {r['medusa_tok_s']:12.1f} "
                      f"{r['speedup']:7.2f}x {r['mean_accepted']:8.2f} {'yes' if r['identical'] else 'NO':>5s}"
-                     + (f" {r['lookup_replay']:6.2f}x" if "lookup_replay" in r else "")
+                     + (f" {r['lookup_replay']:6.2f}x {r['lookup_oracle']:6.2f}x" if "lookup_replay" in r else "")
                      + (f" {r['lookup_speedup']:7.2f}x" if "lookup_speedup" in r else ""))
     lines += [
         "",
@@ -267,7 +270,9 @@ def format_table(s: dict) -> str:
             what = ("lookup alone" if s["lookup_alone"] else "plain decoding, stock's loop") + \
                 f" (the lookup replays at {s['lookup_predicted_speedup']:.2f}x on the heads file's reference texts"
             if "lookup_replay_median" in s:  # the same replay over stock's answers to the bench's prompts
-                what += f", {s['lookup_replay_median']:.2f}x on stock's answers to these prompts (column 'replay')"
+                what += (f", {s['lookup_replay_median']:.2f}x on stock's answers to these prompts (column 'replay'), "
+                         f"{s['lookup_oracle_median']:.2f}x there for a gate that knew which drafts are right "
+                         "(column 'oracle')")
             what += ")"
         lines.append(f"auto {what}: predicted {s['predicted_speedup']:.2f}x, measured median "
                      f"{s['speedup_median']:.2f}x; perfect heads on this cost curve: {s['perfect_bound']:.2f}x")

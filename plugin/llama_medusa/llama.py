@@ -224,6 +224,16 @@ class Llama(llama_cpp.Llama):
             return None
         return gate.replay([(np.asarray(t), int(n)) for t, n in texts], stock_token_s=STOCK_TOKEN_OVERHEAD_S)
 
+    def lookup_oracle(self, texts) -> Optional[List[float]]:
+        """As replay_lookup, for a gate that knew which drafted tokens are right (LookupGate.oracle): the most the
+        lookup's drafts could give on these texts on this machine's cost curve. None where replay_lookup is."""
+        from .autotree import STOCK_TOKEN_OVERHEAD_S
+
+        gate = getattr(self, "_lookup_gate", None)
+        if gate is None:
+            return None
+        return gate.oracle([(np.asarray(t), int(n)) for t, n in texts], stock_token_s=STOCK_TOKEN_OVERHEAD_S)
+
     def _heads_device(self, want: str, heads: MedusaHeads) -> str:
         if want not in ("auto", "cpu", "gpu"):
             raise ValueError(f"medusa_device must be 'auto', 'cpu' or 'gpu', got {want!r}")

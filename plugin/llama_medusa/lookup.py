@@ -148,17 +148,26 @@ class LookupGate:
         """Estimated P(the first j+1 tokens of a chain from `bucket` are right)."""
         return float(self.hits[bucket, j] / self.seen[bucket, j])
 
-    def draft(self, context: np.ndarray, batch: int = 1) -> Tuple[List[int], int]:
-        """(chain, bucket): the context's or the answers' continuation, whichever is worth more ([], -1: none)."""
+    def sources(self, context: np.ndarray) -> List[Tuple[List[int], int]]:
+        """The (chain, bucket) each source proposes after `context`: the context's own repeat, then the stored
+        answers' continuation, asked only below a 6-token context match (there the context is right 89% of the
+        time, BENCHMARKS.md session 7)."""
+        out = []
         chain, n = find(context, self.max_tokens, CONTEXT_NGRAM)
-        best = (chain, context_bucket(n)) if chain else ([], -1)
+        if chain:
+            out.append((chain, context_bucket(n)))
         if self.answers is not None and n < CONTEXT_NGRAM:
             cont, share, m = self.answers.continuation(context, self.max_tokens)
             if cont:
-                b = answers_bucket(share, m)
-                if not chain or self._best(batch, 0, len(cont), b)[1] > self._best(batch, 0, len(chain), best[1])[1]:
-                    best = (cont, b)
-        return best
+                out.append((cont, answers_bucket(share, m)))
+        return out
+
+    def draft(self, context: np.ndarray, batch: int = 1) -> Tuple[List[int], int]:
+        """(chain, bucket): the context's or the answers' continuation, whichever is worth more ([], -1: none)."""
+        found = self.sources(context)
+        if not found:
+            return [], -1
+        return max(found, key=lambda cb: self._best(batch, 0, len(cb[0]), cb[1])[1])
 
     def count(self, batch: int, matched: int, new: int, bucket: int) -> int:
         """How many of `new` chain nodes (chain tokens matched..matched+new-1) to add to a batch of `batch` tokens:
@@ -227,6 +236,37 @@ class LookupGate:
             if produced:
                 out.append(produced * stock / spent)
         self.reset()
+        return out
+
+    def oracle(self, texts: Sequence[Tuple[np.ndarray, int]], stock_token_s: float = 0.0) -> List[float]:
+        """Per text, as `replay` but the most any gate could reach with these drafts on this cost curve: the
+        cheapest way through the answer when every step may verify any prefix of any source's chain, knowing which
+        tokens are right. The sources' chains at a position depend only on the text before it, whatever steps led
+        there, so a shortest path over positions finds it exactly. The bench prints it beside the replay: a
+        shortfall there is the drafts', not the gate's."""
+        if self.cost is None:
+            raise ValueError("oracle needs a cost curve: an unpriced gate adds every proposed token")
+        t = self._step_times(self.max_tokens + 1)
+        stock = t[1] - self.fixed_s + stock_token_s
+        out = []
+        for tokens, n_prompt in texts:
+            ids = np.asarray(tokens)
+            end = len(ids) - 1  # the last position; n_prompt holds the first answer token, sampled by the prompt
+            if end <= n_prompt:
+                continue
+            best = np.full(end + 1, np.inf)  # least time to have sampled every token up to each position
+            best[n_prompt] = 0.0
+            for pos in range(n_prompt, end):
+                best[pos + 1] = min(best[pos + 1], best[pos] + t[1])  # a plain step
+                for chain, _ in self.sources(ids[: pos + 1]):
+                    truth = ids[pos + 1 : pos + 1 + len(chain)]
+                    right = 0
+                    while right < len(truth) and chain[right] == truth[right]:
+                        right += 1
+                    for n in range(1, len(chain) + 1):  # verify n drafted tokens: the right ones and one more
+                        q = min(pos + min(n, right) + 1, end)
+                        best[q] = min(best[q], best[pos] + t[1 + n])
+            out.append(float((end - n_prompt) * stock / best[end]))
         return out
 
     def observe(self, chain: Sequence[int], emitted: Sequence[int], bucket: int) -> None:
