@@ -217,22 +217,21 @@ class Llama(llama_cpp.Llama):
         bench replays stock's answers to its prompts, so its prediction is for the texts it measures. None unless
         `auto` chose no heads tree and the lookup is on (only then is the lookup alone priced). It resets the gate's
         running hit rates, as a new generation does: call it between generations."""
-        from .autotree import STOCK_TOKEN_OVERHEAD_S
-
-        gate = getattr(self, "_lookup_gate", None)
-        if gate is None:
-            return None
-        return gate.replay([(np.asarray(t), int(n)) for t, n in texts], stock_token_s=STOCK_TOKEN_OVERHEAD_S)
+        return self._walk_lookup("replay", texts)
 
     def lookup_oracle(self, texts) -> Optional[List[float]]:
         """As replay_lookup, for a gate that knew which drafted tokens are right (LookupGate.oracle): the most the
         lookup's drafts could give on these texts on this machine's cost curve. None where replay_lookup is."""
+        return self._walk_lookup("oracle", texts)
+
+    def _walk_lookup(self, how: str, texts) -> Optional[List[float]]:
         from .autotree import STOCK_TOKEN_OVERHEAD_S
 
         gate = getattr(self, "_lookup_gate", None)
         if gate is None:
             return None
-        return gate.oracle([(np.asarray(t), int(n)) for t, n in texts], stock_token_s=STOCK_TOKEN_OVERHEAD_S)
+        walk = getattr(gate, how)
+        return walk([(np.asarray(t), int(n)) for t, n in texts], stock_token_s=STOCK_TOKEN_OVERHEAD_S)
 
     def _heads_device(self, want: str, heads: MedusaHeads) -> str:
         if want not in ("auto", "cpu", "gpu"):

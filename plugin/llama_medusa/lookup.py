@@ -205,16 +205,20 @@ class LookupGate:
         p_look = self.rate(matched, bucket) / (self.rate(matched - 1, bucket) if matched else 1.0)
         return p_look > p_heads
 
+    def _against_stock(self, what: str, stock_token_s: float) -> Tuple[List[float], float]:
+        """(the decoder's step time per batch size, stock's time per token) for replaying texts on the curve."""
+        if self.cost is None:
+            raise ValueError(f"{what} needs a cost curve: an unpriced gate adds every proposed token")
+        t = self._step_times(self.max_tokens + 1)
+        return t, t[1] - self.fixed_s + stock_token_s
+
     def replay(self, texts: Sequence[Tuple[np.ndarray, int]], stock_token_s: float = 0.0) -> List[float]:
         """Per reference text (prompt + greedy answer, prompt length): the speedup over stock's loop that this
         gate's choices would give while decoding the answer, priced on its cost curve. A step verifies the branch
         the gate adds and keeps its right tokens plus one, as a decode would, and costs t(T) plus the gate's fixed
         time; a token of stock's loop costs t(1) plus `stock_token_s` (its own time around the decode). The answer
         stands in for the backbone, so no model runs. Hit rates are reset before each text and after the last."""
-        if self.cost is None:
-            raise ValueError("replay needs a cost curve: an unpriced gate adds every proposed token")
-        t = self._step_times(self.max_tokens + 1)
-        stock = t[1] - self.fixed_s + stock_token_s
+        t, stock = self._against_stock("replay", stock_token_s)
         out = []
         for tokens, n_prompt in texts:
             ids = np.asarray(tokens)
@@ -244,10 +248,7 @@ class LookupGate:
         tokens are right. The sources' chains at a position depend only on the text before it, whatever steps led
         there, so a shortest path over positions finds it exactly. The bench prints it beside the replay: a
         shortfall there is the drafts', not the gate's."""
-        if self.cost is None:
-            raise ValueError("oracle needs a cost curve: an unpriced gate adds every proposed token")
-        t = self._step_times(self.max_tokens + 1)
-        stock = t[1] - self.fixed_s + stock_token_s
+        t, stock = self._against_stock("oracle", stock_token_s)
         out = []
         for tokens, n_prompt in texts:
             ids = np.asarray(tokens)
