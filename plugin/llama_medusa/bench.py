@@ -174,11 +174,10 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         if "lookup" in med.medusa_auto:  # no heads tree: whether the lookup runs alone, and its replay
             summary["lookup_alone"] = med.medusa_auto["lookup"]
             summary["lookup_predicted_speedup"] = med.medusa_auto["lookup_predicted_speedup"]
-        replays = [r["lookup_replay"] for r in rows if "lookup_replay" in r]
-        if replays:
-            summary["lookup_replay_median"] = statistics.median(replays)
-            summary["lookup_oracle_median"] = statistics.median(r["lookup_oracle"] for r in rows
-                                                                if "lookup_oracle" in r)
+        walked = [r for r in rows if "lookup_replay" in r]  # each with its oracle too
+        if walked:
+            summary["lookup_replay_median"] = statistics.median(r["lookup_replay"] for r in walked)
+            summary["lookup_oracle_median"] = statistics.median(r["lookup_oracle"] for r in walked)
         summary["perfect_bound"] = med.medusa_auto["perfect_bound"]
     if peer:
         summary["lookup_speedup_median"] = statistics.median(r["lookup_speedup"] for r in rows)

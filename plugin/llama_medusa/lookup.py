@@ -106,6 +106,14 @@ def find(tokens: np.ndarray, max_tokens: int, max_ngram: int = MAX_NGRAM) -> Tup
     return [int(t) for t in ids[end + 1 : end + 1 + max_tokens]], n
 
 
+def agreeing(drafted: Sequence[int], actual: Sequence[int]) -> int:
+    """How many leading tokens of `drafted` equal `actual`'s (the drafted tokens a verify pass would accept)."""
+    k = 0
+    while k < min(len(drafted), len(actual)) and drafted[k] == actual[k]:
+        k += 1
+    return k
+
+
 def graft_point(tree, node_tokens: Sequence[int], chain: Sequence[int]) -> Tuple[int, int]:
     """(node, matched): the deepest tree node reached by following `chain` from the root through nodes holding
     its tokens, and how many chain tokens that consumed."""
@@ -228,9 +236,7 @@ class LookupGate:
                 chain, bucket = self.draft(ids[: pos + 1])
                 n = self.count(1, 0, len(chain), bucket) if chain else 0
                 truth = ids[pos + 1 : pos + 1 + n + 1]
-                right = 0
-                while right < min(n, len(truth)) and chain[right] == truth[right]:
-                    right += 1
+                right = agreeing(chain[:n], truth)
                 emitted = [int(x) for x in truth[: right + 1]]
                 if chain:
                     self.observe(chain, emitted, bucket)
@@ -260,10 +266,7 @@ class LookupGate:
             for pos in range(n_prompt, end):
                 best[pos + 1] = min(best[pos + 1], best[pos] + t[1])  # a plain step
                 for chain, _ in self.sources(ids[: pos + 1]):
-                    truth = ids[pos + 1 : pos + 1 + len(chain)]
-                    right = 0
-                    while right < len(truth) and chain[right] == truth[right]:
-                        right += 1
+                    right = agreeing(chain, ids[pos + 1 : pos + 1 + len(chain)])
                     for n in range(1, len(chain) + 1):  # verify n drafted tokens: the right ones and one more
                         q = min(pos + min(n, right) + 1, end)
                         best[q] = min(best[q], best[pos] + t[1 + n])
@@ -273,9 +276,7 @@ class LookupGate:
     def observe(self, chain: Sequence[int], emitted: Sequence[int], bucket: int) -> None:
         """Update the bucket's hit rates with what the backbone produced after the root (`emitted`): depth j counts
         where the output is known that far."""
-        right = 0
-        while right < min(len(chain), len(emitted)) and chain[right] == emitted[right]:
-            right += 1
+        right = agreeing(chain, emitted)
         known = min(len(chain), len(emitted), self.max_tokens)
         self.seen[bucket, :known] += 1
         self.hits[bucket, : min(right, known)] += 1
