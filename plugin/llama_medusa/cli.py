@@ -6,6 +6,8 @@ import sys
 
 
 def main(argv=None) -> int:
+    from .models import FTYPES  # stdlib-only module: --help stays quick
+
     ap = argparse.ArgumentParser(prog="llama-medusa", description="Medusa speculative decoding for llama.cpp")
     sub = ap.add_subparsers(dest="cmd")
 
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
     q = sub.add_parser("requantize", help="copy a GGUF into another weight type with llama.cpp's quantize API")
     q.add_argument("src")
     q.add_argument("dst")
-    q.add_argument("--type", default="f16", help="f16 (default), q8_0, q4_0, q4_1, f32")
+    q.add_argument("--type", default="f16", choices=sorted(FTYPES), help="weight type of the copy (default f16)")
 
     c = sub.add_parser("convert-i2s", help="an I2_S BitNet GGUF -> Q2_0/TQ2_0/TQ1_0 (arch bitnet) for stock llama.cpp")
     c.add_argument("src")
