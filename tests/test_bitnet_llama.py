@@ -5,6 +5,8 @@ per pass) and the same Llama without heads.
 The model is a synthetic 2B-4T-architecture I2_S file with SmolLM2's tokenizer (so llama.cpp can tokenise and
 apply a chat template); its text is noise, its numerics are the real engine's.
 """
+import struct
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from oracle import OracleDrafter
 from llama_medusa import Llama, MedusaHeads
 from llama_medusa.bitnet import BitnetModel
 from llama_medusa.bitnet_llama import BitnetLlama, is_i2s_gguf
+from llama_medusa.i2s_gguf import GGUFFile
 from llama_medusa.synth import write_bitnet
 from llama_medusa.tree import MC_SIM_7B_63
 
@@ -202,3 +205,48 @@ def test_bad_inputs(i2s_model, tmp_path):
     cut.write_bytes(data[: len(data) - 5000])
     with pytest.raises(ValueError, match="truncated"):
         Llama(str(cut), verbose=False)
+
+
+def _tensor_table(path):
+    """(start, end) of the tensor-info table in the file, and each info's (name, start of its offset field)."""
+    data = open(path, "rb").read()
+    infos = list(GGUFFile(path).tensors.values())
+    pos = start = data.index(struct.pack("<Q", len(infos[0].name)) + infos[0].name.encode())
+    offset_at = {}
+    for t in infos:
+        pos += 8 + len(t.name) + 4 + 8 * len(t.shape) + 4
+        offset_at[t.name] = pos
+        pos += 8
+    return data, start, pos, offset_at
+
+
+def test_a_damaged_tensor_table_is_refused(i2s_model, tmp_path):
+    """One word of the tensor table changed (a name, a dimension, a type, an offset): a ValueError naming the
+    damage, never another tensor's bytes read as weights (a zeroed offset used to load) nor a crash."""
+    data, start, end, offset_at = _tensor_table(i2s_model)
+    path = tmp_path / "damaged.gguf"
+
+    def refused(mutated, match):
+        path.write_bytes(mutated)
+        with pytest.raises(ValueError, match=match):
+            Llama(str(path), n_ctx=64, verbose=False)
+
+    table = GGUFFile(i2s_model)
+    # a 2-D tensor after the first, so that offset 0 is another tensor's
+    name = next(n for n in list(offset_at)[1:] if len(table.tensor(n).shape) == 2)
+    at = offset_at[name]
+    refused(data[:at] + struct.pack("<Q", 0) + data[at + 8:], "overlap in the file")
+    refused(data[:at] + struct.pack("<Q", struct.unpack_from("<Q", data, at)[0] + 4) + data[at + 8:],
+            f"tensor {name} starts at data offset .* not a multiple of the alignment")
+    shape_at = at - 4 - 8 * 2  # ne0 of a 2-D tensor
+    refused(data[:shape_at] + struct.pack("<QQ", 1 << 32, 1 << 32) + data[shape_at + 16:],
+            f"tensor {name} runs past the end")  # 2^64 elements: numpy's product wrapped that round to 0
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p = int(rng.integers(start, end - 8))
+        w = int(rng.choice([4, 8]))
+        old = int.from_bytes(data[p:p + w], "little")
+        new = int(rng.choice([0, 1, 36, 1 << (8 * w - 1), old ^ (1 << int(rng.integers(8 * w)))]))
+        if new == old:
+            new ^= 1
+        refused(data[:p] + new.to_bytes(w, "little") + data[p + w:], None)

@@ -9,6 +9,7 @@ the usual symptom of the other layout and is rejected).
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class Tensor:
 
     @property
     def n(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
 
 class GGUFFile:
@@ -64,8 +65,8 @@ class GGUFFile:
         try:
             for _ in range(n_kv):
                 key = self._str()
-                vt = GGUFValueType(self._u32())
-                sub = GGUFValueType(struct.unpack("<I", self._take(4))[0]) if vt == GGUFValueType.ARRAY else None
+                vt = self._value_type(key)
+                sub = self._value_type(key) if vt == GGUFValueType.ARRAY else None
                 self.types[key] = (vt, sub)
                 self.fields[key] = self._array(sub) if sub is not None else self._value(vt)
             infos = []
@@ -78,16 +79,32 @@ class GGUFFile:
                 infos.append((name, shape, self._u32(), self._u64()))
         except (struct.error, IndexError):
             raise ValueError(f"{path}: the file ends inside its header (truncated)") from None
-        align = int(self.fields.get("general.alignment", 32))
+        align = self.fields.get("general.alignment", 32)
+        if not isinstance(align, (int, np.integer)) or align <= 0 or align & (align - 1):
+            raise ValueError(f"{path}: general.alignment is {align!r}, not a power of two: the header is corrupt")
+        align = int(align)
         data_start = (self._pos + align - 1) // align * align
         self.tensors: Dict[str, Tensor] = {}
+        # llama.cpp's own GGUF loader refuses misaligned offsets and repeated names; overlapping tensors it rules
+        # out by demanding each one start where the last ended, which ties it to its own padding rules. Here an
+        # overlap is refused directly: a damaged offset or shape then fails loudly instead of reading another
+        # tensor's bytes as weights.
         for name, shape, ttype, off in infos:
+            if off % align:
+                raise ValueError(f"{path}: tensor {name} starts at data offset {off}, not a multiple of the "
+                                 f"alignment {align}: the tensor table is corrupt")
+            if name in self.tensors:
+                raise ValueError(f"{path}: tensor {name} appears twice: the tensor table is corrupt")
             nbytes = tensor_nbytes(name, ttype, shape)
             t = Tensor(name, ttype, shape, data_start + off, nbytes)
             if t.offset + nbytes > size:
                 raise ValueError(f"{path}: tensor {name} runs past the end of the file ({t.offset + nbytes} > {size} "
                                  "bytes): the file is truncated")
             self.tensors[name] = t
+        spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError(f"{path}: tensors {a} and {b} overlap in the file: the tensor table is corrupt")
 
     # -- header primitives
     def _take(self, n: int) -> bytes:
@@ -96,6 +113,14 @@ class GGUFFile:
         b = bytes(self._mm[self._pos:self._pos + n])
         self._pos += n
         return b
+
+    def _value_type(self, key: str) -> GGUFValueType:
+        v = self._u32()
+        try:
+            return GGUFValueType(v)
+        except ValueError:
+            raise ValueError(f"{self.path}: key {key!r} has value type {v}, which GGUF does not define: the header "
+                             "is corrupt") from None
 
     def _u32(self) -> int:
         return struct.unpack("<I", self._take(4))[0]
@@ -197,7 +222,7 @@ def type_name(t: int) -> str:
 
 
 def tensor_nbytes(name: str, ttype: int, shape: Tuple[int, ...]) -> int:
-    n = int(np.prod(shape)) if shape else 1
+    n = math.prod(shape)  # Python integers: a damaged shape must not wrap around to a small size
     if ttype == I2_S:
         if not shape or shape[0] % 128:
             raise ValueError(f"I2_S tensor {name}: rows of {shape[0] if shape else 0} weights; bitnet.cpp's layout "
