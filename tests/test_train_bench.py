@@ -101,11 +101,13 @@ def test_bench_json_fields(model_path, tmp_path):
     prompts.write_text("Say hi.\n\nName a color.\n")
     out = tmp_path / "b.json"
     r = run_cli("bench", "--model", model_path, "--heads", random_heads_file(tmp_path), "--prompts", str(prompts),
-                "--max-tokens", "12", "--runs", "1", "--choices", "chain-2", "--json", str(out))
+                "--max-tokens", "12", "--runs", "1", "--choices", "chain-2", "--json", str(out), "--plot",
+                str(tmp_path / "b.png"))
     assert r.returncode == 0, r.stderr
     s = json.loads(out.read_text())
     for key in ("machine", "model", "heads", "tree", "verify_cost_ms", "verify_cost_ratio", "speedup_median",
-                "mean_accepted", "head_acceptance", "all_identical", "prompts", "lookup_speedup_median",
+                "mean_accepted", "head_acceptance", "accepted_lengths", "all_identical", "prompts",
+                "lookup_speedup_median",
                 "time_split_ms", "overhead_fraction", "tokens_per_pass", "lookup", "divergences", "lookup_nodes",
                 "lookup_accepted", "answers_nodes", "answers_accepted"):
         assert key in s, key
@@ -115,6 +117,20 @@ def test_bench_json_fields(model_path, tmp_path):
     assert s["all_identical"] and len(s["prompts"]) == 2
     assert {"read_GBps", "f32_GFLOPs", "cpu"} <= set(s["machine"])
     assert "speedup" in r.stdout and "identical" in r.stdout
+    # passes by tokens they gave: every pass of the last run, once
+    hist = s["accepted_lengths"]
+    assert sum(hist) == sum(p["steps"] for p in s["prompts"]) > 0
+    assert sum((j + 1) * n for j, n in enumerate(hist)) == sum(p["medusa_tokens"] for p in s["prompts"])
+    assert "passes by tokens they gave (last run): 1: " in r.stdout
+    # --plot: a PNG whose middle panel is that histogram
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from llama_medusa.bench import plot
+    fig = plot(s, str(tmp_path / "again.png"))
+    tok_s, passes, curve = fig.axes
+    assert [b.get_height() for b in passes.patches] == hist
+    assert [b.get_height() for b in tok_s.patches] == [p[k] for k in ("stock_tok_s", "medusa_tok_s")
+                                                       for p in s["prompts"]]
+    assert list(curve.lines[0].get_ydata()) == list(s["verify_cost_ratio"].values())
 
 
 def test_divergence_reports_the_first_difference_and_stock_margin(stock):

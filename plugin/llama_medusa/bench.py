@@ -136,6 +136,7 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
             row["lookup_identical"] = texts["lookup"] == texts["stock"]
         # no steps: `auto` decoded plainly, in stock's loop (one token per pass)
         row.update(mean_accepted=st.mean_accepted if st.steps else 1.0, head_acceptance=st.head_acceptance,
+                   accepted_lengths=st.accepted_lengths,
                    steps=st.steps, medusa_tokens=st.tokens, lookup_nodes=st.lookup_nodes,
                    lookup_accepted=st.lookup_accepted,
                    answers_nodes=st.answers_nodes, answers_accepted=st.answers_accepted,
@@ -161,6 +162,9 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
                             if any(r["steps"] for r in rows) else 1.0),
         "head_acceptance": [statistics.mean(r["head_acceptance"][d] for r in rows if d < len(r["head_acceptance"]))
                             for d in range(n_heads)],
+        # passes by drafted tokens kept, over all prompts (last run of each); empty when stock's loop ran
+        "accepted_lengths": [sum(r["accepted_lengths"][j] for r in rows if j < len(r["accepted_lengths"]))
+                             for j in range(max(len(r["accepted_lengths"]) for r in rows))],
         "time_split_ms": split,
         **{k: sum(r[k] for r in rows) for k in ("lookup_nodes", "lookup_accepted", "answers_nodes",
                                                  "answers_accepted")},
@@ -255,6 +259,8 @@ def format_table(s: dict) -> str:
         f"mean accepted {s['mean_accepted']:.2f} tokens/pass ({s['tokens_per_pass']:.2f} over all passes; lookup "
         f"branch up to {s['lookup']} tokens); acceptance by tree depth "
         + ", ".join(f"{a:.2f}" for a in s["head_acceptance"]),
+        "passes by tokens they gave (last run): " + (", ".join(f"{j + 1}: {n}" for j, n in
+                                                       enumerate(s["accepted_lengths"])) or "stock's loop ran"),
         f"lookup (last run): {s['lookup_accepted']} of {s['lookup_nodes']} grafted tokens accepted, of which from the "
         f"model's stored answers {s['answers_accepted']} of {s['answers_nodes']}",
         f"outputs identical to stock: {'all' if s['all_identical'] else 'NOT all'}",
@@ -316,8 +322,9 @@ SWEEP_TREES = ("chain-1", "chain-2", "chain-3", "small", [[0], [1], [0, 0], [2],
                ("chain-1", 0), ("grown-52", 0), ([], 8))
 
 
-def plot(s: dict, path: str) -> None:
-    """tokens/s per prompt, accepted tokens per pass, and the verify cost curve (needs matplotlib)."""
+def plot(s: dict, path: str):
+    """tokens/s per prompt, the histogram of tokens per pass, and the verify cost curve (needs matplotlib); returns
+    the figure."""
     try:
         import matplotlib
 
@@ -331,10 +338,16 @@ def plot(s: dict, path: str) -> None:
     ax[0].bar([i + 0.2 for i in idx], [r["medusa_tok_s"] for r in s["prompts"]], 0.4, label="medusa")
     ax[0].set(title="tokens/s per prompt", xlabel="prompt")
     ax[0].legend()
-    ax[1].hist([r["mean_accepted"] for r in s["prompts"]], bins=10)
-    ax[1].set(title="mean accepted tokens per pass", xlabel="tokens/pass")
+    hist = s["accepted_lengths"]
+    if hist:  # a pass that kept j drafted tokens gave j + 1
+        ax[1].bar(range(1, len(hist) + 1), hist)
+    else:
+        ax[1].text(0.5, 0.5, "stock's loop ran:\none token per pass", ha="center", va="center",
+                   transform=ax[1].transAxes)
+    ax[1].set(title=f"tokens per pass (mean {s['tokens_per_pass']:.2f})", xlabel="tokens", ylabel="passes")
     ks = [int(k) for k in s["verify_cost_ratio"]]
     ax[2].plot(ks, [s["verify_cost_ratio"][str(k)] for k in ks], "o-")
     ax[2].set(title="verify cost t(T)/t(1)", xlabel="T tokens")
     fig.tight_layout()
     fig.savefig(path)
+    return fig

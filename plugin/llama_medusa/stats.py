@@ -34,6 +34,17 @@ class MedusaStats:
         return [a / p if p else 0.0 for a, p in zip(self.head_accepted, self.head_proposed)]
 
     @property
+    def accepted_lengths(self) -> List[int]:
+        """Passes by how many drafted tokens they accepted: [j] = passes that kept exactly j (each also gives the
+        token sampled at its deepest accepted node). Read off head_accepted, which counts passes that reached
+        depth d+1."""
+        reached = [self.steps] + self.head_accepted
+        hist = [a - b for a, b in zip(reached, reached[1:] + [0])]
+        while hist and not hist[-1]:
+            hist.pop()
+        return hist
+
+    @property
     def time_total(self) -> float:
         return self.time_verify + self.time_heads + self.time_sample + self.time_bookkeeping
 
@@ -48,7 +59,8 @@ class MedusaStats:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.update(mean_accepted=self.mean_accepted, head_acceptance=self.head_acceptance, time_total=self.time_total)
+        d.update(mean_accepted=self.mean_accepted, head_acceptance=self.head_acceptance,
+                 accepted_lengths=self.accepted_lengths, time_total=self.time_total)
         return d
 
     def __str__(self) -> str:
