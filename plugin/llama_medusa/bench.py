@@ -337,7 +337,7 @@ def plot(s: dict, path: str):
     ax[0].bar([i - 0.2 for i in idx], [r["stock_tok_s"] for r in s["prompts"]], 0.4, label="stock")
     ax[0].bar([i + 0.2 for i in idx], [r["medusa_tok_s"] for r in s["prompts"]], 0.4, label="medusa")
     ax[0].set(title="tokens/s per prompt", xlabel="prompt")
-    ax[0].legend()
+    ax[0].legend(loc="lower right")
     hist = s["accepted_lengths"]
     if hist:  # a pass that kept j drafted tokens gave j + 1
         ax[1].bar(range(1, len(hist) + 1), hist)
