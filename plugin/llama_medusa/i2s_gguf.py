@@ -99,7 +99,7 @@ class GGUFFile:
             t = Tensor(name, ttype, shape, data_start + off, nbytes)
             if t.offset + nbytes > size:
                 raise ValueError(f"{path}: tensor {name} runs past the end of the file ({t.offset + nbytes} > {size} "
-                                 "bytes): the file is truncated")
+                                 "bytes): the file is truncated, or its tensor table damaged")
             self.tensors[name] = t
         spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in self.tensors.values())
         for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
