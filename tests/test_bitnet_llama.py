@@ -207,23 +207,25 @@ def test_bad_inputs(i2s_model, tmp_path):
         Llama(str(cut), verbose=False)
 
 
-def _tensor_table(path):
-    """(start, end) of the tensor-info table in the file, and each info's (name, start of its offset field)."""
-    data = open(path, "rb").read()
-    infos = list(GGUFFile(path).tensors.values())
+def _tensor_table(table, data):
+    """Where the tensor-info table of `table` (a GGUFFile of `data`) lies: its (start, end) in the file, and
+    where each tensor's offset field starts, by name."""
+    infos = list(table.tensors.values())
     pos = start = data.index(struct.pack("<Q", len(infos[0].name)) + infos[0].name.encode())
     offset_at = {}
     for t in infos:
         pos += 8 + len(t.name) + 4 + 8 * len(t.shape) + 4
         offset_at[t.name] = pos
         pos += 8
-    return data, start, pos, offset_at
+    return start, pos, offset_at
 
 
 def test_a_damaged_tensor_table_is_refused(i2s_model, tmp_path):
     """One word of the tensor table changed (a name, a dimension, a type, an offset): a ValueError naming the
     damage, never another tensor's bytes read as weights (a zeroed offset used to load) nor a crash."""
-    data, start, end, offset_at = _tensor_table(i2s_model)
+    data = open(i2s_model, "rb").read()
+    table = GGUFFile(i2s_model)
+    start, end, offset_at = _tensor_table(table, data)
     path = tmp_path / "damaged.gguf"
 
     def refused(mutated, match):
@@ -231,7 +233,6 @@ def test_a_damaged_tensor_table_is_refused(i2s_model, tmp_path):
         with pytest.raises(ValueError, match=match):
             Llama(str(path), n_ctx=64, verbose=False)
 
-    table = GGUFFile(i2s_model)
     # a 2-D tensor after the first, so that offset 0 is another tensor's
     name = next(n for n in list(offset_at)[1:] if len(table.tensor(n).shape) == 2)
     at = offset_at[name]

@@ -66,20 +66,20 @@ def test_accepted_lengths_count_every_pass(model_path, reference):
     """medusa_stats.accepted_lengths: passes by drafted tokens kept. A drafter that is always right on a chain of 3
     has every pass keep all 3 but where the answer ends; over all passes the histogram adds up to the tokens."""
     pt, ref = reference(PROMPTS[1], 90)
-    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=3, p_true=1.0, p_other_rank=0.0), choices="chain-3",
-                 medusa_lookup=0)
-    assert medusa_tokens(llm, pt, 90, temp=0.0) == ref
-    st = llm.medusa_stats
-    hist = st.accepted_lengths
-    assert sum(hist) == st.steps and sum((j + 1) * n for j, n in enumerate(hist)) == st.tokens
+
+    def chain3(p_true):
+        llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=3, p_true=p_true, p_other_rank=0.0),
+                     choices="chain-3", medusa_lookup=0)
+        assert medusa_tokens(llm, pt, 90, temp=0.0) == ref
+        st = llm.medusa_stats
+        hist = st.accepted_lengths
+        assert sum(hist) == st.steps and sum((j + 1) * n for j, n in enumerate(hist)) == st.tokens
+        return st, hist
+
+    st, hist = chain3(1.0)
     assert len(hist) == 4 and hist[3] >= st.steps - 1, hist
-    # wrong drafts: a rejected pass keeps 0, and passes keep fewer on average
-    llm = medusa(model_path, OracleDrafter(pt + ref, n_heads=3, p_true=0.5, p_other_rank=0.0), choices="chain-3",
-                 medusa_lookup=0)
-    assert medusa_tokens(llm, pt, 90, temp=0.0) == ref
-    st = llm.medusa_stats
-    hist = st.accepted_lengths
-    assert sum(hist) == st.steps and sum((j + 1) * n for j, n in enumerate(hist)) == st.tokens
+    # wrong drafts: some passes keep none of them
+    st, hist = chain3(0.5)
     assert hist[0] > 0 and st.as_dict()["accepted_lengths"] == hist
 
 
