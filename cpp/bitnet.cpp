@@ -6,7 +6,8 @@
 #include <string>
 
 #include "dot.h"
-#include "ternary.h"
+#include "ternary_gemm.h"
+#include "tree_attention.h"
 
 namespace medusa {
 
@@ -15,34 +16,6 @@ namespace {
 // Rows per task: enough bytes per task to amortise the pool's hand-off, enough tasks to balance two threads.
 constexpr int ROWS_PER_TASK = 64;
 
-#ifdef MEDUSA_AVX2
-// c_mt tokens against one weight row: the row's 32-byte blocks are decoded to 4 code vectors once and multiplied
-// (unsigned codes 0..2 by signed int8 activations, maddubs) with every token of the tile. Products of a block fit
-// int16 (4 maddubs lanes: at most 4 * 2 * 2 * 128 = 2048), then widen to int32 per block: no overflow at any K.
-template <int c_mt>
-inline void row_tile(const uint8_t* row, int nb, const int8_t* q, int K, int32_t* out) {
-    const __m256i mask = _mm256_set1_epi8(3);
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[c_mt];
-    for (int m = 0; m < c_mt; ++m) acc[m] = _mm256_setzero_si256();
-    for (int b = 0; b < nb; ++b) {
-        const __m256i w = _mm256_loadu_si256((const __m256i*)(row + 32 * b));
-        const __m256i c0 = _mm256_and_si256(_mm256_srli_epi16(w, 6), mask);
-        const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
-        const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(w, 2), mask);
-        const __m256i c3 = _mm256_and_si256(w, mask);
-        for (int m = 0; m < c_mt; ++m) {
-            const int8_t* a = q + (size_t)m * K + 128 * b;
-            __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)a));
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(a + 32))));
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(a + 64))));
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(a + 96))));
-            acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(p, ones));
-        }
-    }
-    for (int m = 0; m < c_mt; ++m) out[m] = hsum256_i32(acc[m]);
-}
-#endif
 
 void rms_norm(const float* x, const float* w, int n, float eps, float* y) {
     double ss = 0;
@@ -68,35 +41,6 @@ void rope_neox(float* v, int n_heads, int d, int pos, float theta) {
 
 }  // namespace
 
-void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
-                       const int32_t* qsum, int M, float wscale, float* y) {
-    [[maybe_unused]] const int nb = K / 128;
-    int32_t s[8];
-    for (int r = r0; r < r1; ++r) {
-        const uint8_t* row = w + (size_t)r * (K / 4);
-        for (int m0 = 0; m0 < M; m0 += 8) {
-            const int mt = std::min(8, M - m0);
-            const int8_t* qa = q + (size_t)m0 * K;
-#ifdef MEDUSA_AVX2
-            switch (mt) {
-                case 1: row_tile<1>(row, nb, qa, K, s); break;
-                case 2: row_tile<2>(row, nb, qa, K, s); break;
-                case 3: row_tile<3>(row, nb, qa, K, s); break;
-                case 4: row_tile<4>(row, nb, qa, K, s); break;
-                case 5: row_tile<5>(row, nb, qa, K, s); break;
-                case 6: row_tile<6>(row, nb, qa, K, s); break;
-                case 7: row_tile<7>(row, nb, qa, K, s); break;
-                default: row_tile<8>(row, nb, qa, K, s); break;
-            }
-#else
-            for (int m = 0; m < mt; ++m) s[m] = i2s_row_codes_dot(row, qa + (size_t)m * K, K);
-#endif
-            for (int m = 0; m < mt; ++m)
-                y[(size_t)(m0 + m) * N + r] = (float)(s[m] - qsum[m0 + m]) / qscale[m0 + m] * wscale;
-        }
-    }
-}
-
 BitnetEngine::BitnetEngine(const BitnetConfig& c, std::vector<BitnetLayer> layers, const uint16_t* tok_embd,
                            const float* output_norm, const uint16_t* output, int n_threads)
     : c_(c), layers_(std::move(layers)), tok_embd_(tok_embd), output_norm_(output_norm),
@@ -115,7 +59,7 @@ void BitnetEngine::quantize_input(const float* x, int M, int K) {
     qscale_.resize(M);
     qsum_.resize(M);
     q_cols_ = K;
-    i2s_quantize_acts(x, M, K, q8_.data(), qscale_.data(), qsum_.data());
+    quantize_acts(x, M, K, q8_.data(), qscale_.data(), qsum_.data());
 }
 
 void BitnetEngine::ternary_linear(const TernaryWeight& w, int M, float* y) {
@@ -159,27 +103,8 @@ void BitnetEngine::attention(int layer, const float* q, const int32_t* parents, 
         slots.clear();
         for (int j = i; j >= 0; j = parents[j]) slots.push_back(n_past_ + j);
         std::reverse(slots.begin(), slots.end());
-        const int n = n_past_ + (int)slots.size();
-        s.resize(n);
-        const float* qh = q + (size_t)i * c_.n_embd + h * hd;
-        float mx = -INFINITY;
-        for (int p = 0; p < n; ++p) {
-            const int slot = p < n_past_ ? p : slots[p - n_past_];
-            float d;
-            dot_f32<1>(K + (size_t)slot * kvw + hk * hd, qh, hd, &d);  // the same code for every M: trees stay exact
-            s[p] = d * scale;
-            mx = std::max(mx, s[p]);
-        }
-        float sum = 0.f;
-        for (int p = 0; p < n; ++p) sum += (s[p] = std::exp(s[p] - mx));
-        float* o = out + (size_t)i * c_.n_embd + h * hd;
-        std::fill(o, o + hd, 0.f);
-        for (int p = 0; p < n; ++p) {
-            const int slot = p < n_past_ ? p : slots[p - n_past_];
-            const float* v = Vc + (size_t)slot * kvw + hk * hd;
-            const float wgt = s[p] / sum;
-            for (int e = 0; e < hd; ++e) o[e] += wgt * v[e];
-        }
+        attend(q + (size_t)i * c_.n_embd + h * hd, K + hk * hd, Vc + hk * hd, kvw, n_past_, slots.data(),
+               (int)slots.size(), hd, scale, out + (size_t)i * c_.n_embd + h * hd, s);
     });
 }
 

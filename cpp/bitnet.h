@@ -73,9 +73,5 @@ private:
     int q_cols_ = 0;
 };
 
-// Ternary GEMM over I2_S bytes for rows [r0, r1) and M quantised tokens: the small-M kernel (AVX2 maddubs, each
-// weight byte loaded once for a tile of up to 8 tokens) with a scalar fallback. Same result as i2s_gemm.
-void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
-                       const int32_t* qsum, int M, float wscale, float* y);
 
 }  // namespace medusa

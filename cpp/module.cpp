@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <thread>
 
 #include "heads.h"
 #include "py_arrays.h"
-#include "ternary.h"
+#include "ternary_gemm.h"
+#include "tree_attention.h"
 #include "bitnet.h"
 #include "dot.h"
 
@@ -83,13 +85,21 @@ const T* ptr_of(py::list& keep, py::handle a, size_t n, const char* what) {
     return arr.data();
 }
 
-TernaryWeight ternary_of(py::list& keep, py::dict d, const char* name, int rows, int cols) {
+// Layer `layer`'s ternary matrix `name`, refused if any of its bytes holds code 3: such a file would load and
+// generate garbage without a word (bitnet.cpp's ARM builds write an unmarked 64/16 layout that reads that way).
+TernaryWeight ternary_of(py::list& keep, py::dict d, int layer, const char* name, int rows, int cols) {
     py::tuple t = d[name].cast<py::tuple>();  // (bytes [rows, cols/4] uint8, scale)
     TernaryWeight w;
     w.rows = rows;
     w.cols = cols;
-    w.data = ptr_of<uint8_t>(keep, t[0], (size_t)rows * cols / 4, name);
+    const size_t n = (size_t)rows * cols / 4;
+    w.data = ptr_of<uint8_t>(keep, t[0], n, name);
     w.scale = t[1].cast<float>();
+    const size_t bad = i2s_find_code3(w.data, n);
+    if (bad != n)
+        throw py::value_error("blk." + std::to_string(layer) + "." + name + ".weight holds code 3 at byte " +
+                              std::to_string(bad) + " (not a ternary value): the file is corrupt, or in an I2_S "
+                              "layout other than the canonical 128/32 (bitnet.cpp's ARM builds write 64/16)");
     return w;
 }
 
@@ -218,27 +228,55 @@ PYBIND11_MODULE(_native, mod) {
                  return out;
              });
 
-    mod.def("i2s_quantize_acts", [](Arr<float> x) {
+    mod.def("quantize_acts", [](Arr<float> x) {
             need_2d(x, "activations");
             const int M = (int)x.shape(0), K = (int)x.shape(1);
             py::array_t<int8_t> q({M, K});
             py::array_t<float> scale(M);
             py::array_t<int32_t> sum(M);
-            i2s_quantize_acts(x.data(), M, K, q.mutable_data(), scale.mutable_data(), sum.mutable_data());
+            quantize_acts(x.data(), M, K, q.mutable_data(), scale.mutable_data(), sum.mutable_data());
             return py::make_tuple(q, scale, sum);
         },
         py::arg("x"), "bitnet.cpp's per-token int8 quantisation: (q [M, K] int8, 127/absmax [M], row sums [M]).");
-    mod.def("i2s_gemm", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
+    mod.def("ternary_gemm", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
             const auto [N, K, M] = medusa_py::check_ternary_gemm(w, wscale, q, scale, sum);
             py::array_t<float> y({M, N});
             {
                 py::gil_scoped_release nogil;
-                i2s_gemm(w.data(), wscale.data(), N, K, q.data(), scale.data(), sum.data(), M, y.mutable_data());
+                ternary_gemm(w.data(), wscale.data(), N, K, q.data(), scale.data(), sum.data(), M, y.mutable_data());
             }
             return y;
         },
         py::arg("w"), py::arg("wscale"), py::arg("q"), py::arg("scale"), py::arg("sum"),
-        "Exact ternary product over I2_S bytes [N, K/4]: y [M, N] = (S - sum) / scale * wscale.");
+        "The scalar reference ternary product over I2_S bytes [N, K/4]: y [M, N] = (S - sum) / scale * wscale. "
+        "The GPU's ternary_gemm and the engine's ternary_gemm_tiled equal it bit for bit.");
+
+    mod.def("tree_attention", [](Arr<float> q, Arr<float> k, Arr<float> v, Arr<uint32_t> anc, py::object scale,
+                                 int n_threads) {
+            medusa_py::need_dims(q, 3, "q");
+            medusa_py::need_dims(k, 3, "k");
+            medusa_py::need_dims(v, 3, "v");
+            medusa_py::need_dims(anc, 2, "ancestor mask");
+            const int T = (int)q.shape(0), Hq = (int)q.shape(1), D = (int)q.shape(2);
+            const int L = (int)k.shape(0), Hkv = (int)k.shape(1);
+            if (k.shape(2) != D || v.shape(0) != L || v.shape(1) != Hkv || v.shape(2) != D)
+                throw py::value_error("k and v must both be [L, Hkv, D] with q's D");
+            if (Hkv < 1 || Hq % Hkv) throw py::value_error("q's heads must be a multiple of k's heads");
+            if (L < T) throw py::value_error("the cache must hold the tree's nodes: L >= T");
+            if (anc.shape(0) != T || anc.shape(1) != (T + 31) / 32)
+                throw py::value_error("the ancestor mask must be [T, ceil(T/32)] uint32");
+            const float sc = scale.is_none() ? 1.0f / std::sqrt((float)D) : scale.cast<float>();
+            py::array_t<float> out({T, Hq, D});
+            {
+                py::gil_scoped_release nogil;
+                ThreadPool pool(std::max(1, n_threads));
+                tree_attention(q.data(), k.data(), v.data(), anc.data(), out.mutable_data(), T, Hq, Hkv, D, L, sc, pool);
+            }
+            return out;
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("anc"), py::arg("scale") = py::none(), py::arg("n_threads") = 1,
+        "Tree attention on the CPU, as the engine runs it: q [T, Hq, D]; k, v [L, Hkv, D] whose last T slots are the "
+        "nodes; anc [T, ceil(T/32)] bit j of row i = node j is an ancestor-or-self of node i.");
 
     py::class_<PyBitnet>(mod, "BitnetEngine")
         .def(py::init([](py::dict cfg, py::list layers, py::handle tok_embd, py::handle output_norm,
@@ -260,6 +298,7 @@ PYBIND11_MODULE(_native, mod) {
                  auto* p = new PyBitnet();
                  const int H = c.n_embd, F = c.n_ff, kvw = c.n_head_kv * (c.n_embd / c.n_head);
                  std::vector<BitnetLayer> ls;
+                 int layer = 0;
                  for (auto item : layers) {
                      py::dict d = item.cast<py::dict>();
                      BitnetLayer L{};
@@ -267,14 +306,15 @@ PYBIND11_MODULE(_native, mod) {
                      L.attn_sub_norm = ptr_of<float>(p->keep, d["attn_sub_norm"], H, "attn_sub_norm");
                      L.ffn_norm = ptr_of<float>(p->keep, d["ffn_norm"], H, "ffn_norm");
                      L.ffn_sub_norm = ptr_of<float>(p->keep, d["ffn_sub_norm"], F, "ffn_sub_norm");
-                     L.wq = ternary_of(p->keep, d, "attn_q", H, H);
-                     L.wk = ternary_of(p->keep, d, "attn_k", kvw, H);
-                     L.wv = ternary_of(p->keep, d, "attn_v", kvw, H);
-                     L.wo = ternary_of(p->keep, d, "attn_output", H, H);
-                     L.w_gate = ternary_of(p->keep, d, "ffn_gate", F, H);
-                     L.w_up = ternary_of(p->keep, d, "ffn_up", F, H);
-                     L.w_down = ternary_of(p->keep, d, "ffn_down", H, F);
+                     L.wq = ternary_of(p->keep, d, layer, "attn_q", H, H);
+                     L.wk = ternary_of(p->keep, d, layer, "attn_k", kvw, H);
+                     L.wv = ternary_of(p->keep, d, layer, "attn_v", kvw, H);
+                     L.wo = ternary_of(p->keep, d, layer, "attn_output", H, H);
+                     L.w_gate = ternary_of(p->keep, d, layer, "ffn_gate", F, H);
+                     L.w_up = ternary_of(p->keep, d, layer, "ffn_up", F, H);
+                     L.w_down = ternary_of(p->keep, d, layer, "ffn_down", H, F);
                      ls.push_back(L);
+                     ++layer;
                  }
                  const size_t VH = (size_t)c.n_vocab * H;
                  auto* emb = ptr_of<uint16_t>(p->keep, tok_embd, VH, "token_embd");
@@ -364,7 +404,7 @@ PYBIND11_MODULE(_native, mod) {
             return ts[ts.size() / 2];
         },
         py::arg("weights"), py::arg("acts"), py::arg("n_threads") = 1, py::arg("reps") = 3);
-    mod.def("ternary_gemm_fast", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
+    mod.def("ternary_gemm_tiled", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
             const auto [N, K, M] = medusa_py::check_ternary_gemm(w, wscale, q, scale, sum);
             py::array_t<float> y({M, N});
             // per-row scales are applied after: the kernel takes one tensor scale, as I2_S has

@@ -84,7 +84,7 @@ private:
     int max_inner_ = 0;
 };
 
-// ---- benchmarks helpers (bench.cu) ----------------------------------------------------------------
+// ---- benchmark helpers (runtime.cu) ----------------------------------------------------------------
 // Device-to-device copy bandwidth in bytes/s (read + written), median of `reps`.
 double copy_bandwidth(size_t bytes, int reps);
 // Times a sequence of ternary GEMMs captured in one graph: shapes (N, K) over distinct weight buffers of

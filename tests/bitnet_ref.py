@@ -2,7 +2,7 @@
 and the exact integer ternary product), independent of the native engine's code."""
 import numpy as np
 
-from llama_medusa import i2s
+from llama_medusa.backbones.i2s import packing as i2s
 
 
 def rms(x, w, eps):
@@ -43,8 +43,8 @@ def forward_sequence(model, tokens):
     emb = f.array("token_embd.weight").astype(np.float64)
     x = emb[tokens]
     for i in range(cfg["n_layer"]):
-        g = lambda n: f.array(f"blk.{i}.{n}.weight").astype(np.float64)  # noqa: E731
-        t = lambda n: f.i2s(f"blk.{i}.{n}.weight")  # noqa: E731
+        g = lambda n, i=i: f.array(f"blk.{i}.{n}.weight").astype(np.float64)
+        t = lambda n, i=i: f.i2s(f"blk.{i}.{n}.weight")
         h = rms(x, g("attn_norm"), eps)
         q, k, v = tern(h, t("attn_q")), tern(h, t("attn_k")), tern(h, t("attn_v"))
         q = np.stack([rope(q[p].reshape(nh, hd), p, cfg["rope_theta"]) for p in range(T)])

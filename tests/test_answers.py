@@ -5,8 +5,8 @@ import collections
 import numpy as np
 import pytest
 
-from llama_medusa import answers, lookup
-from llama_medusa.answers import AnswerIndex, concatenate
+from llama_medusa.drafting import answers, lookup
+from llama_medusa.drafting.answers import AnswerIndex, concatenate
 from llama_medusa.heads import MedusaHeads
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from llama_medusa import autotree
+from llama_medusa.drafting import autotree
 
 
 def test_rank_accuracy_from_cumulative():
@@ -64,7 +64,7 @@ def test_per_row_heads_cost_prices_branching():
 
 
 def test_lookup_gate_adds_nodes_by_cost_and_learns_hit_rates():
-    from llama_medusa.lookup import LookupGate, context_bucket
+    from llama_medusa.drafting.lookup import LookupGate, context_bucket
 
     flat = {T: 0.010 * (1 + 0.02 * (T - 1)) for T in range(1, 64)}
     steep = {T: 0.010 * (1 + 0.6 * (T - 1)) for T in range(1, 64)}  # a guess must be likely to pay
@@ -90,7 +90,7 @@ def test_lookup_gate_takes_the_best_count_not_the_first_break_even():
     """On a curve where the second token of a batch costs most and the next ones little (llama.cpp's F16 on these
     CPUs), a one-at-a-time rule stops before a chain that pays; the gate takes the count that maximises the
     step's rate, and nothing that gains less than MIN_GAIN."""
-    from llama_medusa import lookup
+    from llama_medusa.drafting import lookup
 
     f16 = {1: 0.010, 2: 0.014, 3: 0.0150, 4: 0.0158, 6: 0.018, 8: 0.0218}
     gate = lookup.LookupGate(8, f16)
@@ -106,8 +106,8 @@ def test_lookup_gate_takes_the_best_count_not_the_first_break_even():
 
 
 def test_lookup_gate_chooses_between_the_context_and_the_answers():
-    from llama_medusa import lookup
-    from llama_medusa.answers import AnswerIndex, concatenate
+    from llama_medusa.drafting import lookup
+    from llama_medusa.drafting.answers import AnswerIndex, concatenate
 
     index = AnswerIndex(concatenate([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [7, 8, 9]]))
     gate = lookup.LookupGate(8, answers=index)
@@ -137,8 +137,9 @@ def test_cost_cache_is_measured_again_on_a_machine_of_another_speed(tmp_path, mo
 
         def __init__(self, t1, slope=0.5):
             self.t1, self.slope, self.calls = t1, slope, []
+            self.backbone = self  # the backbone's measure_verify is what it times
 
-        def _measure_verify(self, sizes, repeats):
+        def measure_verify(self, sizes, repeats):
             self.calls.append(list(sizes))
             return {T: self.t1 * (1 + self.slope * (T - 1)) for T in sizes}
 
@@ -156,7 +157,7 @@ def test_cost_cache_is_measured_again_on_a_machine_of_another_speed(tmp_path, mo
 
 
 def test_lookup_branch_goes_first_when_likelier_than_the_heads_child():
-    from llama_medusa.lookup import LookupGate
+    from llama_medusa.drafting.lookup import LookupGate
 
     b = 2
     gate = LookupGate(8, heads_top1=[0.4, 0.3])
@@ -182,7 +183,7 @@ def _repeating_text(seed=0, n_prompt=20, n_answer=160):
 def test_lookup_replay_follows_the_cost_curve():
     """Replaying the gate over a text: long repeats pay where extra tokens of a batch are nearly free, and nothing
     pays where a batch of T costs T tokens (the gate then never speculates: exactly plain decoding)."""
-    from llama_medusa.lookup import LookupGate
+    from llama_medusa.drafting.lookup import LookupGate
 
     texts = [_repeating_text(s) for s in range(3)]
     flat = {T: 0.010 * (1 + 0.02 * (T - 1)) for T in range(1, 10)}
@@ -202,7 +203,7 @@ def test_lookup_replay_follows_the_cost_curve():
 def test_lookup_oracle_bounds_every_gate():
     """The oracle is the cheapest way through a text with the lookup's drafts: never below the gate's replay, exactly
     plain decoding where a batch costs its tokens, and every step a full chain where batches are free."""
-    from llama_medusa.lookup import LookupGate
+    from llama_medusa.drafting.lookup import LookupGate
 
     texts = [_repeating_text(s) for s in range(3)]
     curves = [{T: 0.010 * (1 + 0.02 * (T - 1)) for T in range(1, 10)},
@@ -226,7 +227,7 @@ def test_lookup_oracle_bounds_every_gate():
 def test_bench_prints_the_lookups_replay_and_oracle(model_path, monkeypatch):
     """Where `auto` runs the lookup alone, the bench predicts each prompt's speedup by the replay and bounds it by
     the oracle, both over stock's own answer to that prompt."""
-    from llama_medusa import bench
+    from llama_medusa.commands import bench
 
     curve = {T: 0.010 * (1 + 0.3 * (T > 1) + 0.01 * T) for T in autotree.COST_SIZES}
     monkeypatch.setattr(autotree, "cost_curve", lambda llm, sizes=(), **kw: dict(curve))
@@ -246,14 +247,15 @@ def test_auto_decodes_plainly_when_the_lookup_replays_below_the_margin(model_pat
     REPLAY_MIN_GAIN; below it generation is stock's own loop (and its output)."""
     import llama_cpp
 
-    from llama_medusa import Llama, autotree, lookup
-    from llama_medusa.shipped import default_heads_path
+    from llama_medusa import Llama
+    from llama_medusa.drafting import autotree, lookup
+    from llama_medusa.heads.shipped import shipped_heads_for
 
-    heads = default_heads_path(model_path)
+    heads = shipped_heads_for(model_path)
     curves = {"flat": {T: 0.010 * (1 + 0.3 * (T > 1) + 0.01 * T) for T in autotree.COST_SIZES},
               "linear": {T: 0.010 * T for T in autotree.COST_SIZES}}
     for name, curve in curves.items():
-        monkeypatch.setattr(autotree, "cost_curve", lambda llm, sizes=(), **kw: dict(curve))
+        monkeypatch.setattr(autotree, "cost_curve", lambda llm, sizes=(), curve=curve, **kw: dict(curve))
         # heads this slow win no tree on any curve: the lookup alone is what `auto` weighs
         monkeypatch.setattr(autotree, "heads_time", lambda *a, **k: autotree.HeadsCost(fixed=1.0))
         llm = Llama(model_path, medusa_heads=heads, n_ctx=512, verbose=False)
@@ -274,8 +276,84 @@ def test_auto_decodes_plainly_when_the_lookup_replays_below_the_margin(model_pat
             assert llm._medusa.lookup is None
             calls = []
             real = llama_cpp.Llama.generate
-            monkeypatch.setattr(llama_cpp.Llama, "generate", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+            def counted(self, *a, calls=calls, real=real, **k):
+                calls.append(1)
+                return real(self, *a, **k)
+
+            monkeypatch.setattr(llama_cpp.Llama, "generate", counted)
             text = llm.create_completion("The capital of France is", max_tokens=8, temperature=0.0)["choices"][0]["text"]
             assert calls and text == stock.create_completion("The capital of France is", max_tokens=8,
                                                              temperature=0.0)["choices"][0]["text"]
         llm.close()
+
+
+class _ThreadedBackbone:
+    """A backbone whose cost curve depends on its thread setting: t(1) on the one-token threads, a batch on the
+    batch threads, as in llama.cpp. t1[n]: seconds of a token on n threads; batch[nb] = (t(2), per extra token)."""
+
+    n_embd = 8
+
+    def __init__(self, t1, batch):
+        self.t1, self.batch, self.threads = t1, batch, None
+
+    def prepare(self, n_seq, capacity):
+        pass
+
+    def thread_settings(self):
+        return [(n, nb) for n in self.t1 for nb in self.batch]
+
+    def set_threads(self, n, nb):
+        self.threads = (n, nb)
+
+    def curve(self, sizes):
+        n, nb = self.threads
+        t2, extra = self.batch[nb]
+        return {T: self.t1[n] if T == 1 else t2 + extra * (T - 2) for T in sizes}
+
+
+def _auto_threads(monkeypatch, backbone, fixed=(None, None)):
+    from llama_medusa.decoder import plan
+
+    class Drafter:
+        n_heads = 3
+
+    class FakeLlama:
+        pass
+
+    llm = FakeLlama()
+    monkeypatch.setattr(autotree, "cost_curve", lambda llm_, sizes=(), **kw: backbone.curve(sizes))
+    monkeypatch.setattr(autotree, "heads_time", lambda *a, **k: autotree.HeadsCost(fixed=1e-4))
+    a = plan._auto(llm, backbone, Drafter(), 10, 63, fixed, lambda **priced: None)
+    assert llm.medusa_auto is a and backbone.threads == a["threads"]
+    return a
+
+
+def test_auto_picks_the_fastest_thread_setting(monkeypatch):
+    # only two batch threads make a batch cheap: speculate with them (a speculative step is all batch, so the
+    # one-token count does not change its rate)
+    bb = _ThreadedBackbone(t1={1: 0.010, 2: 0.007}, batch={1: (0.019, 0.009), 2: (0.0075, 0.0005)})
+    a = _auto_threads(monkeypatch, bb)
+    assert a["threads"][1] == 2 and a["choices"] and a["predicted_vs_best_plain"] >= autotree.MIN_GAIN
+    best = max(o["tokens_per_s"] for o in a["threads_options"] if o["wins"])
+    assert best == pytest.approx(max(o["tokens_per_s"] for o in a["threads_options"]))
+
+
+def test_auto_never_picks_a_setting_slower_than_plain_at_the_best_count(monkeypatch):
+    # batches are cheap only on one thread, whose tokens are twice as dear: a tree there beats plain decoding on
+    # one thread but not plain decoding on two, which is what runs
+    bb = _ThreadedBackbone(t1={1: 0.010, 2: 0.005}, batch={1: (0.0105, 0.0005), 2: (0.010, 0.005)})
+    a = _auto_threads(monkeypatch, bb)
+    one = next(o for o in a["threads_options"] if o["threads"] == (1, 1))
+    assert one["speculates"] and not one["wins"] and one["vs_best_plain"] < 1.0
+    assert a["choices"] == [] and a["threads"][0] == 2 and a["predicted_vs_best_plain"] == pytest.approx(1.0)
+    # and where no batch pays on any setting, plain decoding at the fastest count
+    flat = _ThreadedBackbone(t1={1: 0.010, 2: 0.008}, batch={1: (0.020, 0.010), 2: (0.016, 0.008)})
+    a = _auto_threads(monkeypatch, flat)
+    assert a["choices"] == [] and a["threads"][0] == 2
+
+
+def test_auto_keeps_threads_the_user_set_and_says_what_it_would_choose(monkeypatch):
+    bb = _ThreadedBackbone(t1={1: 0.010, 2: 0.007}, batch={1: (0.019, 0.009), 2: (0.0075, 0.0005)})
+    a = _auto_threads(monkeypatch, bb, fixed=(1, 1))
+    assert a["threads"] == (1, 1) and a["threads_would_choose"][1] == 2
+    assert a["choices"] == []  # on (1, 1) no tree pays: plain decoding, at the user's count

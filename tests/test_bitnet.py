@@ -5,13 +5,13 @@ import struct
 
 import numpy as np
 import pytest
-
-from llama_medusa import _native, i2s
-from llama_medusa.bitnet import BitnetModel
-from llama_medusa.i2s_gguf import GGUFFile
-from llama_medusa.synth import write_bitnet
-
 from bitnet_ref import forward_sequence
+
+from llama_medusa import _native
+from llama_medusa.backbones.i2s import packing as i2s
+from llama_medusa.backbones.i2s.engine import BitnetModel
+from llama_medusa.backbones.i2s.gguf_file import GGUFFile
+from llama_medusa.synth import write_bitnet
 
 
 @pytest.fixture(scope="module", params=["bitnet-b1.58", "bitnet"])
@@ -42,8 +42,8 @@ def test_fast_gemm_equals_reference():
     for M in (1, 2, 7, 8, 9, 64):
         w = i2s.pack(rng.integers(-1, 2, (70, 384)))
         ws = rng.uniform(0.5, 2, 70).astype(np.float32)
-        q, s, sm = _native.i2s_quantize_acts((rng.standard_normal((M, 384)) * 10).astype(np.float32))
-        assert (_native.ternary_gemm_fast(w, ws, q, s, sm) == _native.i2s_gemm(w, ws, q, s, sm)).all()
+        q, s, sm = _native.quantize_acts((rng.standard_normal((M, 384)) * 10).astype(np.float32))
+        assert (_native.ternary_gemm_tiled(w, ws, q, s, sm) == _native.ternary_gemm(w, ws, q, s, sm)).all()
 
 
 def test_gemm_extreme_activations_do_not_overflow():
@@ -51,9 +51,9 @@ def test_gemm_extreme_activations_do_not_overflow():
     K = 6912
     w = i2s.pack(np.ones((4, K), np.int64))
     for v in (1e3, -1e3):
-        q, s, sm = _native.i2s_quantize_acts(np.full((2, K), v, np.float32))
-        y = _native.ternary_gemm_fast(w, np.ones(4, np.float32), q, s, sm)
-        assert (y == _native.i2s_gemm(w, np.ones(4, np.float32), q, s, sm)).all()
+        q, s, sm = _native.quantize_acts(np.full((2, K), v, np.float32))
+        y = _native.ternary_gemm_tiled(w, np.ones(4, np.float32), q, s, sm)
+        assert (y == _native.ternary_gemm(w, np.ones(4, np.float32), q, s, sm)).all()
         assert abs(int(q[0, 0])) == 127 and np.allclose(y, K * int(q[0, 0]) / s[0])
 
 
@@ -69,7 +69,7 @@ def test_tree_pass_equals_sequential_decoding(model_file):
         seq = BitnetModel(model_file, n_ctx=64, n_threads=1)
         seq.forward(prompt)
         seq.commit(range(4))
-        for j, node in enumerate(path):
+        for node in path:
             _, lg = seq.forward([tokens[node]])
             seq.commit([0])
             assert (lg[0] == tree_logits[node]).all(), f"path {path} node {node}"

@@ -7,19 +7,18 @@ apply a chat template); its text is noise, its numerics are the real engine's.
 """
 import struct
 
+import llama_cpp
 import numpy as np
 import pytest
-
-import llama_cpp
 from conftest import chat_prompt, stock_tokens
 from oracle import OracleDrafter
 
 from llama_medusa import Llama, MedusaHeads
-from llama_medusa.bitnet import BitnetModel
-from llama_medusa.bitnet_llama import BitnetLlama, is_i2s_gguf
-from llama_medusa.i2s_gguf import GGUFFile
+from llama_medusa.backbones.i2s.backbone import I2SBackbone, is_i2s_gguf
+from llama_medusa.backbones.i2s.engine import BitnetModel
+from llama_medusa.backbones.i2s.gguf_file import GGUFFile
+from llama_medusa.drafting.tree import MC_SIM_7B_63
 from llama_medusa.synth import write_bitnet
-from llama_medusa.tree import MC_SIM_7B_63
 
 N_CTX = 512
 SHAPE = dict(n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=384, residual_gain=0.3)
@@ -71,7 +70,7 @@ def run(llm, pt, n, **kw):
 
 def test_llama_picks_the_native_backbone(i2s_model, plain, model_path):
     assert is_i2s_gguf(i2s_model) and not is_i2s_gguf(model_path)
-    assert isinstance(plain, BitnetLlama) and isinstance(plain, llama_cpp.Llama)
+    assert isinstance(plain.backbone, I2SBackbone) and isinstance(plain, llama_cpp.Llama)
     assert plain.n_vocab() == 49152 and plain.n_ctx() == N_CTX
     # tokenisation is llama.cpp's (the SmolLM2 vocabulary the file carries)
     stock_vocab = llama_cpp.Llama(model_path, vocab_only=True, verbose=False)
@@ -115,7 +114,7 @@ def test_embedded_heads_are_found(i2s_with_heads, plain, engine_greedy):
 
 def test_token_conditioned_heads_on_the_engine(i2s_model, plain, engine_greedy):
     """Conditioned heads read the I2_S file's F16 token embedding; output stays the engine's greedy one."""
-    from llama_medusa.drafter import HeadsDrafter
+    from llama_medusa.drafting.drafter import HeadsDrafter
 
     base = mlp_heads(hidden=256)
     rng = np.random.default_rng(5)
@@ -124,7 +123,7 @@ def test_token_conditioned_heads_on_the_engine(i2s_model, plain, engine_greedy):
     llm = Llama(i2s_model, n_ctx=N_CTX, verbose=False, medusa_heads=heads, medusa_choices=[[0], [1], [0, 0]])
     drafter = llm._medusa.drafter
     assert isinstance(drafter, HeadsDrafter) and drafter.max_depth == 2
-    emb = llm._bitnet.file.array("token_embd.weight")
+    emb = llm.backbone.engine.file.array("token_embd.weight")
     np.testing.assert_array_equal(drafter.embedding.rows([7]), np.asarray(emb[7:8], np.float32))
     pt = plain.tokenize(chat_prompt("Tell me a story").encode(), special=True)
     assert run(llm, pt, 60, temp=0.0) == engine_greedy(pt, 60)
@@ -251,3 +250,17 @@ def test_a_damaged_tensor_table_is_refused(i2s_model, tmp_path):
         if new == old:
             new ^= 1
         refused(data[:p] + new.to_bytes(w, "little") + data[p + w:], None)
+
+
+def test_code_3_in_the_weights_is_refused_at_load(i2s_model, tmp_path):
+    """A byte whose 2-bit field is 3 (no ternary value) in any weight makes the file unloadable, with the tensor
+    named: before, such a file loaded through Llama and generated noise without a word."""
+    table = GGUFFile(i2s_model)
+    t = table.tensors["blk.1.ffn_up.weight"]
+    data = bytearray(open(i2s_model, "rb").read())
+    data[t.offset + t.nbytes // 2 - 40] |= 0b00001100  # one field of one byte in the middle of the tensor
+    bad = tmp_path / "code3.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"blk\.1\.ffn_up\.weight holds code 3 at byte \d+"):
+        Llama(str(bad), n_ctx=N_CTX, verbose=False)
+    Llama(i2s_model, n_ctx=N_CTX, verbose=False).close()  # the intact file still loads

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from llama_medusa.drafter import HeadsDrafter
-from llama_medusa.gguf_heads import TokenEmbedding
+from llama_medusa.backbones.gguf_tensors import TokenEmbedding
+from llama_medusa.drafting.drafter import HeadsDrafter
 from llama_medusa.heads import MedusaHeads
 
 H, I, V, K = 48, 40, 700, 3
@@ -73,7 +73,7 @@ def ref_topk(heads, proj, emb, h, path, d, k):
 def test_fill_conditions_every_node_on_its_own_path():
     """In a tree, the children of every node (off the top-1 chain too) come from the next head conditioned on that
     node's own path, equal to a numpy reference; plain heads fill the same tree by rank."""
-    from llama_medusa.tree import Tree
+    from llama_medusa.drafting.tree import Tree
 
     rng = np.random.default_rng(3)
     heads = make(rng)
@@ -98,7 +98,7 @@ def test_fill_conditions_every_node_on_its_own_path():
     pd = HeadsDrafter(plain, plain.engine(None, H, V, "f32", backbone_proj=proj))
     assert pd.fill(h, np.array([21]), tree, 3) == tree.tokens(21, pd.propose(h, np.array([21]), 3))
     # auto's time model for such heads: per call and per row, measured on its own trees whatever top_k the user set
-    from llama_medusa import autotree
+    from llama_medusa.drafting import autotree
 
     cost = autotree.heads_time(drafter, H, top_k=3)
     assert cost.fixed == 0.0 and cost.per_call >= 0.0 and cost.per_row >= 0.0 and cost([(0,), (0, 0)]) > 0.0

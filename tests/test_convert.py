@@ -1,13 +1,13 @@
 """I2_S -> Q2_0 / TQ2_0 / TQ1_0 for stock llama.cpp: exact codes and scales, and stock llama.cpp runs each converted
 model to the same greedy tokens as the native engine (SiLU "bitnet" variant, the one upstream implements)."""
+import gguf
 import numpy as np
 import pytest
 
-import gguf
-from llama_medusa import i2s
-from llama_medusa.bitnet import BitnetModel
-from llama_medusa.convert import TARGETS, convert, i2s_to_q2_0, i2s_to_tq2_0
-from llama_medusa.i2s_gguf import GGUFFile
+from llama_medusa.backbones.i2s import packing as i2s
+from llama_medusa.backbones.i2s.convert import TARGETS, convert, i2s_to_q2_0, i2s_to_tq2_0
+from llama_medusa.backbones.i2s.engine import BitnetModel
+from llama_medusa.backbones.i2s.gguf_file import GGUFFile
 from llama_medusa.synth import write_bitnet
 
 

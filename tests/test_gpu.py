@@ -1,9 +1,10 @@
 """GPU kernels against their CPU references. Skips cleanly where the GPU module is not built or sees no device;
-runs on the lent accelerator (tools/device/gpu_session.sh)."""
+runs on a GPU machine (tools/device/gpu_tests.sh)."""
 import numpy as np
 import pytest
 
-from llama_medusa import _native, gpu, i2s
+from llama_medusa import _native, gpu
+from llama_medusa.backbones.i2s import packing as i2s
 
 pytestmark = pytest.mark.skipif(not gpu.available(), reason=f"no GPU: {gpu.why_not()}")
 
@@ -22,7 +23,7 @@ def acts(rng, M, K):
 def test_quantize_bit_identical(g):
     rng = np.random.default_rng(0)
     x = acts(rng, 9, 2560)
-    for a, b in zip(g.quantize_acts(x), _native.i2s_quantize_acts(x)):
+    for a, b in zip(g.quantize_acts(x), _native.quantize_acts(x)):
         assert (a == b).all()
 
 
@@ -35,15 +36,15 @@ def test_ternary_gemm_bit_identical(g, kernel, M, N, K):
     rng = np.random.default_rng(M * 7 + N)
     w = i2s.pack(rng.integers(-1, 2, size=(N, K)))
     ws = rng.uniform(0.5, 2, N).astype(np.float32)
-    q, s, sm = _native.i2s_quantize_acts(acts(rng, M, K))
-    ref = _native.i2s_gemm(w, ws, q, s, sm)
+    q, s, sm = _native.quantize_acts(acts(rng, M, K))
+    ref = _native.ternary_gemm(w, ws, q, s, sm)
     y = g.ternary_gemm(w, ws, q, s, sm, kernel)
     assert y.shape == (M, N)
     assert (y == ref).all(), f"max diff {np.abs(y - ref).max()}"
 
 
 def test_ternary_gemm_rejects_bad_input(g):
-    q, s, sm = _native.i2s_quantize_acts(np.ones((65, 128), np.float32))
+    q, s, sm = _native.quantize_acts(np.ones((65, 128), np.float32))
     with pytest.raises(ValueError, match="1..64 tokens"):
         g.ternary_gemm(np.zeros((4, 32), np.uint8), np.ones(4, np.float32), q, s, sm, 0)
     with pytest.raises(ValueError, match="columns"):
@@ -93,6 +94,9 @@ def test_tree_attention_matches_reference(g, T, L, Hq, Hkv, D):
     ref = attention_ref(q, k, v, parents, scale)
     err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
     assert err < 1e-5, err
+    # its CPU counterpart (the engine's attention) on the same float16 cache, read as float32
+    cpu = _native.tree_attention(q, k.astype(np.float32), v.astype(np.float32), tree_mask(parents), scale=scale)
+    assert np.linalg.norm(out - cpu) / np.linalg.norm(cpu) < 1e-5
 
 
 def test_tree_attention_rejects_bad_shapes(g):
@@ -106,9 +110,9 @@ def test_tree_attention_rejects_bad_shapes(g):
 
 def test_heads_topk_matches_cpu_engine(g):
     from llama_medusa.heads import MedusaHeads
-    from llama_medusa.shipped import default_heads_path
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
-    shipped = MedusaHeads.load(default_heads_path("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    shipped = MedusaHeads.load(SMOLLM2_HEADS)
     # the GPU module evaluates plain heads: the shipped blocks without their token conditioning
     heads = MedusaHeads(shipped.blocks, shipped.proj, shipped.hidden_size, draft_vocab=shipped.draft_vocab)
     rng = np.random.default_rng(3)

@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from llama_medusa import MedusaHeads
-from llama_medusa.gguf_heads import write_gguf_heads
+from llama_medusa.heads.medusabitnet import write as write_gguf_heads
 
 H, V = 576, 49152
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from llama_medusa import _native
-from llama_medusa.heads import MedusaHeads, convert_projection, quantize_rows_i8
+from llama_medusa.heads import MedusaHeads
+from llama_medusa.heads.engine import convert_projection, quantize_rows_i8
 
 
 def silu(x):
@@ -23,7 +24,7 @@ def ref_states(heads, h):
 
 def make_heads(rng, H=64, V=1000, K=3, own=True, mlp=False, layers=1):
     blocks, proj = [], []
-    for k in range(K):
+    for _ in range(K):
         hb = []
         for _ in range(layers):
             if mlp:

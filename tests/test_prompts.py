@@ -1,8 +1,8 @@
 """The training prompts stay apart from the prompts acceptance is measured on."""
 import re
 
-from llama_medusa.bench import DEFAULT_PROMPTS
-from llama_medusa.prompts import VALIDATION_PROMPTS, generic_prompts, natural_prompts
+from llama_medusa.commands.bench import DEFAULT_PROMPTS
+from llama_medusa.commands.prompts import VALIDATION_PROMPTS, generic_prompts, natural_prompts
 
 # the subject of each validation / bench prompt: no training prompt may ask about it
 HELD_OUT_SUBJECTS = [
@@ -38,3 +38,35 @@ def test_natural_prompts_are_part_of_the_generic_list_and_seeded():
     assert nat == natural_prompts()
     assert len(nat) > 1000 and set(nat) <= set(generic_prompts())
     assert not set(nat) & set(generic_prompts(natural=False))
+
+
+def test_prompt_files_in_the_formats_the_field_writes(tmp_path):
+    """Plain lines, a JSON list, and JSON Lines as HumanEval, MT-bench and Alpaca write them; anything else is
+    refused with the line that is wrong (it used to be benchmarked as a literal prompt, braces and all)."""
+    import json
+
+    import pytest
+
+    from llama_medusa.commands.prompts import read_prompts
+
+    def file(name, text):
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+
+    assert read_prompts(file("a.txt", "Say hi.\n\nName a color.\n")) == ["Say hi.", "Name a color."]
+    assert read_prompts(file("b.json", json.dumps(["One.", "Two."]))) == ["One.", "Two."]
+    rows = [{"task_id": "HumanEval/0", "prompt": "def add(a, b):\n    "},
+            {"question_id": 81, "category": "writing", "turns": ["Write a haiku.", "Now a limerick."]},
+            {"instruction": "Summarise this.", "input": ""}, "A bare string line."]
+    got = read_prompts(file("c.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n"))
+    assert got == ["def add(a, b):\n    ", "Write a haiku.", "Summarise this.", "A bare string line."]
+    with pytest.raises(ValueError, match=r"c2\.jsonl, line 2: a JSON Lines prompt needs one of the keys prompt, "
+                                         r"turns, instruction, question; this one has answer, id"):
+        read_prompts(file("c2.jsonl", '{"prompt": "ok"}\n{"id": 3, "answer": "x"}\n'))
+    with pytest.raises(ValueError, match=r"line 1: looks like JSON Lines but does not parse"):
+        read_prompts(file("d.jsonl", '{"prompt": "unterminated\n'))
+    with pytest.raises(ValueError, match=r"line 1: \"turns\" must be a non-empty list"):
+        read_prompts(file("e.jsonl", '{"turns": []}\n'))
+    with pytest.raises(ValueError, match=r"line 1: the prompt must be a string, got int"):
+        read_prompts(file("f.jsonl", '{"prompt": 7}\n'))

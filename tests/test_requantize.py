@@ -4,14 +4,11 @@ The F16 and BF16 copies are what BENCHMARKS.md measures beside the shipped Q4_1:
 asked for, and the shipped heads must read their output matrix (shared projection) as they read Q4_1's.
 """
 import pytest
-
-import llama_cpp
 from conftest import THREADS
 
 from llama_medusa import Llama
-from llama_medusa.cli import main as cli
-from llama_medusa.models import requantize
-from llama_medusa.shipped import default_heads_path
+from llama_medusa.commands.cli import main as cli
+from llama_medusa.commands.requantize import requantize
 
 N_CTX = 1024
 
@@ -26,7 +23,8 @@ def test_copy_carries_the_weight_type_and_the_heads_read_it(model_path, tmp_path
     assert types["blk.0.attn_q.weight"] == ggml_type and types["blk.29.ffn_down.weight"] == ggml_type
     assert types["token_embd.weight"] == ggml_type  # SmolLM2 ties its output matrix to it: the heads' projection
 
-    med = Llama(out, medusa_heads=default_heads_path(model_path), medusa_choices="chain-2", medusa_lookup=0,
+    # "auto" recognises the copy as SmolLM2 by its metadata, whatever its file name and weight type
+    med = Llama(out, medusa_heads="auto", medusa_choices="chain-2", medusa_lookup=0,
                 n_ctx=N_CTX, flash_attn=True, verbose=False, **THREADS)
     msg = [{"role": "user", "content": "Explain what a hash table is."}]
     med.create_chat_completion(messages=msg, max_tokens=64, temperature=0)

@@ -5,18 +5,17 @@ model proxy), on the real model with greedy requests: completions, chat and stre
 """
 import json
 
+import llama_cpp  # noqa: F401  (before numpy on some images)
 import pytest
 
-import llama_cpp  # noqa: F401  (before numpy on some images)
-
 pytest.importorskip("fastapi", reason="the server extra (llama-cpp-python[server]) is part of .[test]")
+from conftest import N_CTX, PROMPTS, THREADS  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from llama_cpp.server.app import create_app as stock_create_app  # noqa: E402
 from llama_cpp.server.settings import ModelSettings, ServerSettings  # noqa: E402
 
-from conftest import N_CTX, PROMPTS, THREADS  # noqa: E402
 from llama_medusa import Llama  # noqa: E402
-from llama_medusa import server  # noqa: E402
+from llama_medusa.commands import serve as server  # noqa: E402
 
 REQUESTS = [
     ("/v1/completions", dict(prompt="The three primary colours are", max_tokens=48, temperature=0)),
@@ -57,7 +56,7 @@ def test_served_medusa_answers_as_the_stock_server(model_path):
 
 
 def test_serve_command_line(model_path, tmp_path, capsys):
-    from llama_medusa.cli import main
+    from llama_medusa.commands.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["serve", "--help"])

@@ -6,16 +6,15 @@ bit-exact against its single-token ones, Q4_1's are up to 63 tokens). Generation
 """
 import warnings
 
-import pytest
-
 import llama_cpp
+import pytest
 from conftest import THREADS, chat_prompt, stock_tokens
 from oracle import OracleDrafter
 
 from llama_medusa import Llama
-from llama_medusa.models import requantize
+from llama_medusa.commands.requantize import requantize
+from llama_medusa.drafting.tree import MC_SIM_7B_63
 from llama_medusa.synth import write_gemma3
-from llama_medusa.tree import MC_SIM_7B_63
 
 N_CTX, N = 1024, 900
 USER = "Explain why the sky is blue to a ten-year-old."

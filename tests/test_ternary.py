@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from llama_medusa import _native, i2s
+from llama_medusa import _native
+from llama_medusa.backbones.i2s import packing as i2s
 
 
 def quantize_ref(x):
@@ -37,7 +38,7 @@ def test_quantize_matches_bitnet_semantics():
     x = (rng.standard_normal((7, 640)) * rng.uniform(0.01, 30, size=(7, 1))).astype(np.float32)
     x[3] = 0.0  # all-zero row: absmax floors at 1e-5
     x[4, :10] = [0.5, -0.5, 1.5, -1.5, 2.5, 0, 0, 0, 0, 127]  # exact halves after scaling test half-even
-    q, s, sm = _native.i2s_quantize_acts(x)
+    q, s, sm = _native.quantize_acts(x)
     rq, rs, rsm = quantize_ref(x)
     assert (q == rq).all() and (s == rs).all() and (sm == rsm).all()
 
@@ -48,16 +49,16 @@ def test_gemm_is_exact_integer_product(M):
     N, K = 37, 384
     w = rng.integers(-1, 2, size=(N, K))
     ws = rng.uniform(0.5, 2, size=N).astype(np.float32)
-    q, s, sm = _native.i2s_quantize_acts(rng.standard_normal((M, K)).astype(np.float32))
-    y = _native.i2s_gemm(i2s.pack(w), ws, q, s, sm)
+    q, s, sm = _native.quantize_acts(rng.standard_normal((M, K)).astype(np.float32))
+    y = _native.ternary_gemm(i2s.pack(w), ws, q, s, sm)
     S = q.astype(np.int64) @ w.T.astype(np.int64)  # sum of w * q = sum of code * q - sum q
     ref = ((S.astype(np.float32) / s[:, None]).astype(np.float32) * ws[None, :]).astype(np.float32)
     assert (y == ref).all()
 
 
 def test_gemm_rejects_mismatched_shapes():
-    q, s, sm = _native.i2s_quantize_acts(np.ones((2, 256), np.float32))
+    q, s, sm = _native.quantize_acts(np.ones((2, 256), np.float32))
     with pytest.raises(ValueError, match="columns"):
-        _native.i2s_gemm(np.zeros((4, 32), np.uint8), np.ones(4, np.float32), q, s, sm)
+        _native.ternary_gemm(np.zeros((4, 32), np.uint8), np.ones(4, np.float32), q, s, sm)
     with pytest.raises(ValueError, match="multiple of 128"):
-        _native.i2s_gemm(np.zeros((4, 16), np.uint8), np.ones(4, np.float32), q[:, :64], s, sm)
+        _native.ternary_gemm(np.zeros((4, 16), np.uint8), np.ones(4, np.float32), q[:, :64], s, sm)

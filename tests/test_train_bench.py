@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from llama_medusa import MedusaHeads
-from llama_medusa.gguf_heads import read_output_matrix
-from llama_medusa.gguf_heads import TokenEmbedding
-from llama_medusa.train import accuracy, collect, fit_heads, generic_prompts
+from llama_medusa.backbones.gguf_tensors import TokenEmbedding, read_output_matrix
+from llama_medusa.commands.train import accuracy, collect, fit_heads, generic_prompts
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +64,8 @@ def test_trained_heads_roundtrip_with_draft_vocab(model_path, small_data, tmp_pa
 def test_training_answers_feed_the_lookup(small_data):
     """train stores the training split's greedy answers with the heads; the index built from them continues a
     phrase of one of them (when it recurs) with that answer's next token."""
-    from llama_medusa.answers import SEPARATOR, AnswerIndex
-    from llama_medusa.train import train_answers
+    from llama_medusa.commands.train import train_answers
+    from llama_medusa.drafting.answers import SEPARATOR, AnswerIndex
 
     stored = train_answers(small_data)
     parts = np.split(stored, np.flatnonzero(stored == SEPARATOR))
@@ -84,7 +83,7 @@ def test_training_answers_feed_the_lookup(small_data):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "llama_medusa.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "llama_medusa.commands.cli", *args], capture_output=True, text=True)
 
 
 def random_heads_file(tmp_path, hidden=576):
@@ -124,7 +123,7 @@ def test_bench_json_fields(model_path, tmp_path):
     assert "passes by tokens they gave (last run): 1: " in r.stdout
     # --plot: a PNG whose middle panel is that histogram
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from llama_medusa.bench import plot
+    from llama_medusa.commands.bench import plot
     fig = plot(s, str(tmp_path / "again.png"))
     tok_s, passes, curve = fig.axes
     assert [b.get_height() for b in passes.patches] == hist
@@ -135,7 +134,7 @@ def test_bench_json_fields(model_path, tmp_path):
 
 def test_divergence_reports_the_first_difference_and_stock_margin(stock):
     """The bench's near-tie evidence: where two runs first differ, and stock's top-2 logit gap there."""
-    from llama_medusa.bench import divergence
+    from llama_medusa.commands.bench import divergence
 
     ids = stock.tokenize(b"The capital of France is Paris. The capital of Italy is")
     assert divergence(stock, ids, list(ids)) is None
@@ -177,12 +176,12 @@ def test_cli_bad_inputs(model_path, tmp_path):
 
 
 def test_sweep_entries_carry_identity_and_divergences(model_path, stock):
-    from llama_medusa.bench import run_sweep
-    from llama_medusa.shipped import default_heads_path
+    from llama_medusa.commands.bench import run_sweep
+    from llama_medusa.heads.shipped import shipped_heads_for
 
     common = dict(n_ctx=512, flash_attn=True, verbose=False)
-    out = run_sweep(model_path, default_heads_path(model_path), ["Name a color."], 12, [("chain-1", 0), ([], 8)], common, stock, 3,
-                    log=lambda m: None)
+    out = run_sweep(model_path, shipped_heads_for(model_path), ["Name a color."], 12, [("chain-1", 0), ([], 8)], common,
+                    stock, 3, log=lambda m: None)
     assert [w["tree"] for w in out] == ["chain-1", "0 nodes +lookup 8"]
     for w in out:
         assert w["identical"] and w["divergences"] == [] and w["speedup"] > 0 and w["mean_accepted"] >= 1
@@ -191,7 +190,7 @@ def test_sweep_entries_carry_identity_and_divergences(model_path, stock):
 def test_cli_trains_on_the_users_prompt_file(model_path, tmp_path):
     """`llama-medusa train --prompts FILE`: the user's prompts are what is answered and fitted (the held-out split
     taken from them), and the file loads as heads for the model."""
-    from llama_medusa.prompts import TRAIN_PROMPTS
+    from llama_medusa.commands.prompts import TRAIN_PROMPTS
 
     prompts = tmp_path / "mine.json"
     prompts.write_text(json.dumps(TRAIN_PROMPTS[:24]))

@@ -1,6 +1,6 @@
 import pytest
 
-from llama_medusa.tree import MC_SIM_7B_63, Tree
+from llama_medusa.drafting.tree import MC_SIM_7B_63, Tree
 
 
 def test_mc_sim_tree_layout():
@@ -60,7 +60,7 @@ def test_numpy_ranks_and_duplicate_paths_are_one_tree():
 def test_grafted_lookup_branch():
     """A lookup chain hung below a node: it sorts after the heads' candidates there (the top-1 chain stays first
     in the batch), keeps the tree prefix-closed, adds one leaf, and maps every old node to its new row."""
-    from llama_medusa import lookup
+    from llama_medusa.drafting import lookup
 
     t = Tree([(0,), (1,), (0, 0), (0, 1)])
     toks = t.tokens(5, [[10, 11], [20, 21]])  # root 5; 10 -> (20, 21); 11
@@ -90,7 +90,7 @@ def test_lookup_finds_what_llama_cpp_python_finds():
     import numpy as np
     from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
-    from llama_medusa import lookup
+    from llama_medusa.drafting import lookup
 
     rng = np.random.default_rng(0)
     for trial in range(400):

@@ -1,6 +1,7 @@
-"""llama-medusa: Medusa speculative decoding for llama.cpp models through llama-cpp-python.
+"""llama-medusa: several tokens per backbone pass for llama.cpp models, through llama-cpp-python.
 
     from llama_medusa import Llama
+    llm = Llama.from_default()                     # the embedded SmolLM2-135M-Instruct and its shipped heads
     llm = Llama(model_path="model.gguf", medusa_heads="heads.safetensors")
 """
 try:  # llama_cpp before numpy: on some CUDA images the reverse order crashes at model load
@@ -8,12 +9,13 @@ try:  # llama_cpp before numpy: on some CUDA images the reverse order crashes at
 except ImportError:  # the kernels and heads formats work without it; Llama itself needs it
     pass
 
+from .default_model import default_model_path
+from .drafting.tree import Tree
 from .heads import MedusaHeads
 from .stats import MedusaStats
-from .tree import Tree
 
-__all__ = ["Llama", "MedusaHeads", "MedusaStats", "Tree"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+__all__ = ["Llama", "MedusaHeads", "MedusaStats", "Tree", "default_model_path", "__version__"]
 
 
 def __getattr__(name):

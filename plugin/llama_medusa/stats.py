@@ -23,6 +23,7 @@ class MedusaStats:
     time_heads: float = 0.0  # native head evaluation
     time_sample: float = 0.0  # sampler chain over the accepted path
     time_bookkeeping: float = 0.0  # batch building, KV cache edits, copies
+    plain: bool = False  # the call decoded plainly: no heads, or `auto` found no draft that pays (llm.medusa_auto)
 
     @property
     def mean_accepted(self) -> float:
@@ -64,9 +65,12 @@ class MedusaStats:
         return d
 
     def __str__(self) -> str:
+        if self.plain:
+            return (f"{self.tokens} tokens decoded plainly, one per pass, in {self.time_verify * 1e3:.0f} ms: no draft "
+                    "pays on this machine (llm.medusa_auto says what was measured)")
         acc = ", ".join(f"{a:.2f}" for a in self.head_acceptance)
         return (
-            f"{self.tokens} tokens in {self.steps} passes ({self.mean_accepted:.2f}/pass), head acceptance [{acc}], "
+            f"{self.tokens} tokens in {self.steps} passes ({self.mean_accepted:.2f}/pass), acceptance by depth [{acc}], "
             f"verify {self.time_verify*1e3:.0f} ms, heads {self.time_heads*1e3:.0f} ms, "
             f"sample {self.time_sample*1e3:.0f} ms, bookkeeping {self.time_bookkeeping*1e3:.0f} ms"
         )

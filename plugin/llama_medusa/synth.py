@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from .i2s_gguf import I2_S, GGUFFile, i2s_bytes, write_gguf
+from .backbones.i2s.gguf_file import I2_S, GGUFFile, i2s_bytes, write_gguf
 
 F32, F16 = 0, 1
 
@@ -17,7 +17,8 @@ def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4
                  tokenizer_from: Optional[str] = None, rope_theta: float = 500000.0,
                  residual_gain: float = 1.0, heads=None) -> str:
     """Writes a BitNet-2B-4T-architecture GGUF. tokenizer_from: copy tokenizer.* metadata (and the vocabulary
-    size, padded up to n_vocab when that is larger) from another GGUF, so llama.cpp can load and tokenise for it. residual_gain scales the sub-norm weights: below 1
+    size, padded up to n_vocab when that is larger) from another GGUF, so llama.cpp can load and tokenise for it.
+    residual_gain scales the sub-norm weights: below 1
     the layers' updates are small beside the embedding stream, so logits are less chaotic (random ternary layers
     amplify activation-quantisation noise, and two int8 schemes then disagree on near-ties). heads: MedusaHeads to
     embed as MedusaBitNet does (medusa.head.{k}.layer.{l}.w_in/w_out, F32, projection shared)."""
@@ -72,7 +73,7 @@ def write_bitnet(path: str, n_embd: int = 256, n_layer: int = 2, n_head: int = 4
         tern(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tern(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
     if heads is not None:
-        from .gguf_heads import medusabitnet_layout
+        from .heads.medusabitnet import layout as medusabitnet_layout
 
         meta, head_tensors = medusabitnet_layout(heads)
         fields.update(meta)

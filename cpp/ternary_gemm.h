@@ -1,0 +1,31 @@
+// I2_S ternary matmul on the CPU (the GPU's is hip/ternary_gemm.cu, binding ternary_gemm on both sides): bitnet.cpp's per-token int8 activation quantisation and the exact integer
+// product over canonical I2_S bytes (128 weights in 32 bytes, byte p = codes of p, 32+p, 64+p, 96+p at shifts
+// 6/4/2/0, code = w + 1). This is the reference the GPU kernels (hip/ternary_gemm.cu) must equal bit for bit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace medusa {
+
+// x [M, K] -> q [M, K], scale [M] = (float)(127 / max(absmax, 1e-5)), sum [M] = row sums of q.
+void quantize_acts(const float* x, int M, int K, int8_t* q, float* scale, int32_t* sum);
+
+// sum_k code[k] * q[k] over one I2_S row of K weights (codes 0, 1, 2, i.e. w + 1): the integer core every ternary
+// kernel computes; subtracting sum(q) gives sum_k w[k] * q[k].
+int32_t i2s_row_codes_dot(const uint8_t* row, const int8_t* q, int K);
+
+// Offset of the first byte of n that holds code 3 (no ternary value: a corrupt file or another layout), or n.
+// One pass of 64-bit word tests, memory-bound: the engine runs it over every weight as it maps them.
+size_t i2s_find_code3(const uint8_t* data, size_t n);
+
+// y[m, n] = (float)(S - sum[m]) / scale[m] * wscale[n] with S = sum_k code[n, k] * q[m, k] in int32.
+void ternary_gemm(const uint8_t* w, const float* wscale, int N, int K, const int8_t* q, const float* scale,
+              const int32_t* sum, int M, float* y);
+
+// Ternary GEMM over I2_S bytes for rows [r0, r1) and M quantised tokens: the small-M kernel (AVX2 maddubs, each
+// weight byte loaded once for a tile of up to 8 tokens) with a scalar fallback. Same result as ternary_gemm.
+void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
+                       const int32_t* qsum, int M, float wscale, float* y);
+
+}  // namespace medusa

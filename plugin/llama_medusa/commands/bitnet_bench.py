@@ -1,0 +1,183 @@
+"""`llama-medusa bitnet-bench`: the ternary GEMM and the native BitNet engine at BitNet-b1.58-2B-4T's shapes
+(synthetic weights), beside this machine's roofline measured in the same run, and stock llama.cpp running the
+Q2_0, TQ2_0 and TQ1_0 conversions of the same weights (llama-medusa convert-i2s). The engine is timed twice: bare
+(BitnetModel) and through llama_medusa.Llama (tokenizer and sampler chain from llama.cpp, the decoder's loop).
+
+Roofline: read bandwidth (numpy sum over 256 MB) and the int8 multiply-add peak of a register-only vpmaddubsw
+loop. Ternary GEMM goal (issue): M = 1 near the read bandwidth, M >= 2 near the multiply-add peak counted in
+weight x token products per second.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Dict
+
+import numpy as np
+
+LAYER = [(3840, 2560), (2560, 2560), (13824, 2560), (2560, 6912)]  # q|k|v, o, gate|up, down: (N, K)
+TOKENS = (1, 2, 4, 8, 16, 64)
+
+
+def gemm_table(n_layers: int, threads: int, reps: int = 3):
+    """All n_layers x 4 matrices, distinct (0.52 GB for 30 layers: far beyond the caches), one timed pass each."""
+    from .. import _native
+
+    rng = np.random.default_rng(0)
+    mats = [rng.integers(0, 256, (n, k // 4), dtype=np.uint8) & 0xAA for _ in range(n_layers) for n, k in LAYER]
+    wbytes = sum(m.nbytes for m in mats)
+    rows = []
+    for M in TOKENS:
+        acts = {k: _native.quantize_acts(rng.standard_normal((M, k)).astype(np.float32)) for k in {2560, 6912}}
+        t = _native.ternary_sequence_timed(mats, acts, threads, reps)
+        rows.append({"M": M, "seconds": t, "GBps": wbytes / t / 1e9, "GMACps": wbytes * 4 * M / t / 1e9})
+    return rows, wbytes
+
+
+def decode_speed(path: str, threads: int, n: int = 16) -> Dict:
+    from ..backbones.i2s.engine import BitnetModel
+
+    m = BitnetModel(path, n_ctx=256, n_threads=threads)
+    prompt = list(range(100, 108))
+    m.forward(prompt, logits=False)
+    m.commit(range(len(prompt)))
+    t0 = time.perf_counter()
+    tok = 1000
+    for _ in range(n):
+        _, lg = m.forward([tok])
+        m.commit([0])
+        tok = int(np.argmax(lg[0]))
+    single = (time.perf_counter() - t0) / n
+    tree = {}
+    for T in (4, 16, 64):
+        parents = [-1] + [i // 2 for i in range(T - 1)]  # a binary tree in batch order
+        t0 = time.perf_counter()
+        m.forward([tok] * T, parents)
+        tree[T] = time.perf_counter() - t0
+    return {"s_per_token": single, "tok_s": 1 / single, "tree_s": tree}
+
+
+class ReplayDrafter:
+    """Proposes a recorded continuation at rank 0 of every head: the verify path's upper bound with perfect heads
+    (no trained heads exist for a synthetic model). Not a heads result."""
+
+    def __init__(self, continuation, n_heads: int):
+        self.seq, self.n_heads = [int(t) for t in continuation], n_heads
+
+    def propose(self, hidden, tokens, k):
+        n = len(tokens)
+        out = np.zeros((self.n_heads, k), np.int64)
+        for d in range(self.n_heads):
+            out[d, 0] = self.seq[n + d] if n + d < len(self.seq) else 0
+        return out
+
+
+def tree_upper_bound(path: str, threads: int, n: int = 48) -> Dict:
+    """Plain greedy vs tree decoding through Llama with perfect drafts (ReplayDrafter), side by side. The plain
+    run is also the engine's speed through the Llama API (llama.cpp tokenizer + sampler chain)."""
+    from ..llama import Llama
+
+    prompt = list(range(100, 108))
+    plain = Llama(path, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def timed(llm):
+        gen = llm.generate(prompt, temp=0.0)
+        out = [next(gen)]  # the prompt pass, not timed
+        t0 = time.perf_counter()
+        while len(out) < n + 1:
+            out.append(next(gen))
+        return out, time.perf_counter() - t0
+
+    ref, t_plain = timed(plain)
+    rows = {}
+    for name, depth in (("chain-1", 1), ("chain-2", 2), ("chain-3", 3)):
+        llm = Llama(path, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False,
+                    medusa_heads=ReplayDrafter(prompt + ref, depth), medusa_choices=name)
+        out, t = timed(llm)
+        if out != ref:
+            raise RuntimeError(f"{name}: tree decoding differs from plain decoding")
+        rows[name] = {"speedup": t_plain / t, "tokens_per_pass": llm.medusa_stats.mean_accepted}
+    return {"plain_tok_s": n / t_plain, "trees": rows}
+
+
+def stock_speed(path: str, threads: int, n: int = 16) -> float:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(path, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm.eval(list(range(100, 108)))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    return n / (time.perf_counter() - t0)
+
+
+def run(n_layers: int = 30, threads: int = None, log=print, tokenizer_from: str = None) -> Dict:
+    from .. import _native
+    from ..backbones.i2s.convert import convert
+    from ..synth import write_bitnet
+    from .bench import roofline
+
+    threads = threads or os.cpu_count() or 1
+    roof = roofline()
+    roof["int8_GMACps"] = _native.int8_peak(0.5, threads) / 1e9
+    s = {"threads": threads, "roofline": roof}
+    log("ternary GEMM at the 2B-4T shapes ...")
+    s["gemm"], s["ternary_bytes"] = gemm_table(n_layers, threads)
+    with tempfile.TemporaryDirectory() as d:
+        log("writing a synthetic 2B-4T-shaped I2_S model (SiLU 'bitnet' arch, so stock llama.cpp runs it too) ...")
+        src = write_bitnet(os.path.join(d, "bitnet.gguf"), n_embd=2560, n_layer=n_layers, n_head=20, n_head_kv=5,
+                           n_ff=6912, n_vocab=128256, arch="bitnet", seed=0, tokenizer_from=tokenizer_from)
+        s["engine"] = decode_speed(src, threads)
+        log("plain and tree decoding through Llama (perfect drafts) ...")
+        s["engine"]["perfect_drafts"] = tree_upper_bound(src, threads)
+        s["engine"]["llama_api_tok_s"] = s["engine"]["perfect_drafts"]["plain_tok_s"]
+        s["bytes_per_token"] = s["ternary_bytes"] + 128256 * 2560 * 2  # + the tied F16 output projection
+        s["stock_tok_s"] = {}
+        for to in ("tq2_0", "q2_0", "tq1_0"):
+            log(f"converting to {to.upper()} and timing stock llama.cpp ...")
+            dst = os.path.join(d, f"{to}.gguf")
+            convert(src, dst, to=to, log=lambda m: None)
+            s["stock_tok_s"][to] = stock_speed(dst, threads)
+            os.remove(dst)
+    return s
+
+
+def format_table(s: Dict) -> str:
+    r = s["roofline"]
+    lines = [f"roofline ({s['threads']} threads): read {r['read_GBps']:.1f} GB/s, int8 multiply-add "
+             f"{r['int8_GMACps']:.0f} G MAC/s",
+             f"ternary GEMM over the 2B-4T matrices ({s['ternary_bytes'] / 1e9:.2f} GB of I2_S):",
+             f"{'M':>3} {'ms':>8} {'t(M)/t(1)':>9} {'GB/s':>6} {'of read':>7} {'G MAC/s':>8} {'of peak':>7}"]
+    t1 = s["gemm"][0]["seconds"]
+    for g in s["gemm"]:
+        lines.append(f"{g['M']:3d} {g['seconds'] * 1e3:8.1f} {g['seconds'] / t1:9.2f} {g['GBps']:6.1f} "
+                     f"{g['GBps'] / r['read_GBps']:7.0%} {g['GMACps']:8.1f} {g['GMACps'] / r['int8_GMACps']:7.0%}")
+    e = s.get("engine")
+    if e:
+        roof_tok = r["read_GBps"] * 1e9 / s["bytes_per_token"]
+        lines.append(f"engine decode: {e['tok_s']:.2f} tok/s (roofline of {s['bytes_per_token'] / 1e9:.2f} GB/token: "
+                     f"{roof_tok:.2f} tok/s, {e['tok_s'] / roof_tok:.0%}); tree pass "
+                     + ", ".join(f"T={k}: {v / e['s_per_token']:.2f}x one token" for k, v in e["tree_s"].items()))
+        lines.append(f"engine through llama_medusa.Llama (llama.cpp tokenizer + sampler chain): "
+                     f"{e['llama_api_tok_s']:.2f} tok/s")
+        pb = e["perfect_drafts"]
+        lines.append("tree decoding with perfect drafts (verify-path bound, outputs identical): " + ", ".join(
+            f"{k} {v['speedup']:.2f}x ({v['tokens_per_pass']:.2f} tokens/pass)" for k, v in pb["trees"].items()))
+        lines.append("stock llama.cpp on the same weights: " + ", ".join(
+            f"{to.upper()} {v:.2f} tok/s" for to, v in s["stock_tok_s"].items()))
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    from ..default_model import default_model_path
+
+    # SmolLM2's tokenizer, padded to 2B-4T's 128,256 entries: stock llama.cpp needs one to load the model
+    s = run(args.layers, args.threads, log=lambda m: print(m, file=sys.stderr), tokenizer_from=default_model_path())
+    print(format_table(s))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(s, f, indent=1)
+    return 0
