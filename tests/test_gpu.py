@@ -2,6 +2,7 @@
 runs on a GPU machine (tools/device/gpu_tests.sh)."""
 import numpy as np
 import pytest
+from test_tree_attention import ancestors as tree_mask
 
 from llama_medusa import _native, gpu
 from llama_medusa.backbones.i2s import packing as i2s
@@ -49,17 +50,6 @@ def test_ternary_gemm_rejects_bad_input(g):
         g.ternary_gemm(np.zeros((4, 32), np.uint8), np.ones(4, np.float32), q, s, sm, 0)
     with pytest.raises(ValueError, match="columns"):
         g.ternary_gemm(np.zeros((4, 64), np.uint8), np.ones(4, np.float32), q[:2], s[:2], sm[:2], 0)
-
-
-def tree_mask(parents):
-    T = len(parents)
-    anc = np.zeros((T, (T + 31) // 32), np.uint32)
-    for i in range(T):
-        j = i
-        while j >= 0:
-            anc[i, j // 32] |= np.uint32(1 << (j % 32))
-            j = parents[j]
-    return anc
 
 
 def attention_ref(q, k, v, parents, scale):
