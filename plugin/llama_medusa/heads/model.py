@@ -23,6 +23,7 @@ from . import files, own
 Block = Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]  # (w_in, b_in, w_out)
 PROJ_DTYPES = _engine.PROJ_DTYPES
 
+
 @dataclass
 class MedusaHeads:
     """K heads: ``blocks[k]`` residual blocks each, and ``proj[k]`` (None = share the backbone's output matrix)."""
