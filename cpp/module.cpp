@@ -103,6 +103,20 @@ TernaryWeight ternary_of(py::list& keep, py::dict d, int layer, const char* name
     return w;
 }
 
+// A ternary kernel by name (None: the one set for the process), refused with the list when this build or CPU lacks it.
+int kernel_of(py::object name) {
+    if (name.is_none()) return ternary_kernel();
+    const std::string n = name.cast<std::string>();
+    const int k = ternary_kernel_index(n);
+    if (k < 0) {
+        std::string avail;
+        for (const auto& a : ternary_kernels_available()) avail += (avail.empty() ? "" : ", ") + a;
+        throw py::value_error("ternary kernel '" + n + "' is not available on this CPU and build (available: " +
+                              avail + ")");
+    }
+    return k;
+}
+
 // Which heads a head_states/topk call evaluates (all, or one), and the token embeddings conditioned heads see.
 struct HeadSelection {
     int h0 = 0, h1 = 0, n_emb = 0;
@@ -363,7 +377,7 @@ PYBIND11_MODULE(_native, mod) {
              },
              py::arg("hidden"), "Final-norm states [M, n_embd] -> logits [M, n_vocab].")
         .def_property_readonly("n_past", [](PyBitnet& b) { return b.eng->n_past(); });
-    mod.def("ternary_sequence_timed", [](py::list weights, py::dict acts, int n_threads, int reps) {
+    mod.def("ternary_sequence_timed", [](py::list weights, py::dict acts, int n_threads, int reps, py::object kernel) {
             // Median seconds of one pass of the threaded small-M kernel over every matrix in `weights` ([N, K/4]
             // uint8 each, all distinct so the pass streams from memory), with acts[K] = (q, scale, sum).
             struct Op { const uint8_t* w; int N, K; const int8_t* q; const float* s; const int32_t* sum; int M; };
@@ -383,6 +397,7 @@ PYBIND11_MODULE(_native, mod) {
                 ops.push_back({w.data(), (int)w.shape(0), K, q.data(), qs.data(), qsum.data(), (int)q.shape(0)});
                 maxNM = std::max(maxNM, (size_t)w.shape(0) * q.shape(0));
             }
+            const int kern = kernel_of(kernel);
             ThreadPool pool(std::max(1, n_threads));
             std::vector<float> y(maxNM);
             std::vector<double> ts;
@@ -394,7 +409,7 @@ PYBIND11_MODULE(_native, mod) {
                         const int tasks = (op.N + 63) / 64;
                         pool.run(tasks, [&](int t) {
                             ternary_gemm_rows(op.w, op.K, t * 64, std::min(op.N, t * 64 + 64), op.N, op.q, op.s,
-                                              op.sum, op.M, 1.0f, y.data());
+                                              op.sum, op.M, 1.0f, y.data(), kern);
                         });
                     }
                     if (r) ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -403,41 +418,92 @@ PYBIND11_MODULE(_native, mod) {
             std::sort(ts.begin(), ts.end());
             return ts[ts.size() / 2];
         },
-        py::arg("weights"), py::arg("acts"), py::arg("n_threads") = 1, py::arg("reps") = 3);
-    mod.def("ternary_gemm_tiled", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale, Arr<int32_t> sum) {
+        py::arg("weights"), py::arg("acts"), py::arg("n_threads") = 1, py::arg("reps") = 3,
+        py::arg("kernel") = py::none());
+    mod.def("ternary_gemm_tiled", [](Arr<uint8_t> w, Arr<float> wscale, Arr<int8_t> q, Arr<float> scale,
+                                     Arr<int32_t> sum, py::object kernel) {
             const auto [N, K, M] = medusa_py::check_ternary_gemm(w, wscale, q, scale, sum);
             py::array_t<float> y({M, N});
             // per-row scales are applied after: the kernel takes one tensor scale, as I2_S has
-            ternary_gemm_rows(w.data(), K, 0, N, N, q.data(), scale.data(), sum.data(), M, 1.0f, y.mutable_data());
+            ternary_gemm_rows(w.data(), K, 0, N, N, q.data(), scale.data(), sum.data(), M, 1.0f, y.mutable_data(),
+                              kernel_of(kernel));
             auto yp = y.mutable_unchecked<2>();
             for (int m = 0; m < M; ++m)
                 for (int n = 0; n < N; ++n) yp(m, n) *= wscale.data()[n];
             return y;
-        });
+        },
+        py::arg("w"), py::arg("wscale"), py::arg("q"), py::arg("scale"), py::arg("sum"), py::arg("kernel") = py::none(),
+        "The engine's small-M ternary GEMM with the given kernel (None: the process's); equals ternary_gemm.");
+    mod.def("ternary_kernels", &ternary_kernels_available,
+            "The small-M ternary kernels this build and CPU run: scalar, avx2, avx512_vnni.");
+    mod.def("ternary_kernel", []() { return std::string(ternary_kernel_name(ternary_kernel())); },
+            "The kernel the engine uses (the best available until set_ternary_kernel).");
+    mod.def("set_ternary_kernel", [](std::string name) { set_ternary_kernel(kernel_of(py::str(name))); },
+            py::arg("name"), "Makes the engine use this kernel; a kernel this CPU or build lacks is refused.");
 
-    mod.def("int8_peak", [](double seconds, int n_threads) {
-            // Register-only vpmaddubsw loop: the int8 multiply-add ceiling the ternary kernel is measured against
-            // (8 independent dependent chains; 32 u8 x s8 multiply-adds per instruction). MAC/s over all threads.
+    mod.def("int8_peak", [](double seconds, int n_threads, std::string instruction) {
+            // Register-only multiply-add chains: the ceiling a ternary kernel using `instruction` is measured
+            // against. Enough independent chains to cover the instruction's latency at its full issue rate (12 on
+            // AVX2's 16 registers, 16 with AVX-512's 32), so the loop is throughput-bound. MAC/s over all threads.
+            const int kind = instruction == "vpmaddubsw" ? 0 : instruction == "vpdpbusd" ? 1
+                           : instruction == "vpdpbusd512" ? 2 : -1;
+            if (kind < 0) throw py::value_error("instruction must be vpmaddubsw, vpdpbusd or vpdpbusd512");
+#if !defined(__AVX512VNNI__) || !defined(__AVX512VL__)
+            if (kind > 0) throw py::value_error(instruction + " is not in this build (no AVX-512 VNNI)");
+#endif
             std::vector<double> macs(std::max(1, n_threads));
             py::gil_scoped_release nogil;
             auto body = [&](int t) {
 #ifdef MEDUSA_AVX2
-                __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-2), acc[8];
-                for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_epi8(a, _mm256_set1_epi8((char)(i + t)));
+#ifdef __AVX512F__
+                constexpr int C = 16;
+#else
+                constexpr int C = 12;
+#endif
                 long iters = 0;
                 const auto t0 = std::chrono::steady_clock::now();
                 double el = 0;
-                do {
-                    for (int r = 0; r < 4096; ++r)
-                        for (auto& x : acc) x = _mm256_maddubs_epi16(x, b);  // a dependent chain: cannot be hoisted
-                    iters += 4096;
-                    el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                } while (el < seconds);
-                __m256i s = acc[0];
-                for (int i = 1; i < 8; ++i) s = _mm256_add_epi16(s, acc[i]);
-                volatile int sink = _mm256_extract_epi16(s, 0);
+                double per = 32;
+                int sink_v = 0;
+                if (kind == 0) {
+                    __m256i b = _mm256_set1_epi8(-2), acc[C];
+                    for (int i = 0; i < C; ++i) acc[i] = _mm256_set1_epi8((char)(i + t + 3));
+                    do {
+                        for (int r = 0; r < 4096; ++r)
+                            for (auto& x : acc) x = _mm256_maddubs_epi16(x, b);  // dependent: cannot be hoisted
+                        iters += 4096;
+                        el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                    } while (el < seconds);
+                    for (auto& x : acc) sink_v += _mm256_extract_epi16(x, 0);
+                }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+                if (kind == 1) {
+                    __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-2), acc[C];
+                    for (int i = 0; i < C; ++i) acc[i] = _mm256_set1_epi32(i + t);
+                    do {
+                        for (int r = 0; r < 4096; ++r)
+                            for (auto& x : acc) x = _mm256_dpbusd_epi32(x, a, b);
+                        iters += 4096;
+                        el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                    } while (el < seconds);
+                    for (auto& x : acc) sink_v += _mm256_extract_epi32(x, 0);
+                }
+                if (kind == 2) {
+                    per = 64;
+                    __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2), acc[C];
+                    for (int i = 0; i < C; ++i) acc[i] = _mm512_set1_epi32(i + t);
+                    do {
+                        for (int r = 0; r < 4096; ++r)
+                            for (auto& x : acc) x = _mm512_dpbusd_epi32(x, a, b);
+                        iters += 4096;
+                        el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+                    } while (el < seconds);
+                    for (auto& x : acc) sink_v += _mm512_reduce_add_epi32(x);
+                }
+#endif
+                volatile int sink = sink_v;
                 (void)sink;
-                macs[t] = iters * 8.0 * 32 / el;
+                macs[t] = iters * (double)C * per / el;
 #else
                 macs[t] = 0;
 #endif
@@ -450,5 +516,48 @@ PYBIND11_MODULE(_native, mod) {
             for (double m : macs) tot += m;
             return tot;
         },
-        py::arg("seconds") = 0.5, py::arg("n_threads") = 1);
+        py::arg("seconds") = 0.5, py::arg("n_threads") = 1, py::arg("instruction") = "vpmaddubsw");
+
+    mod.def("read_bandwidth", [](double seconds, int n_threads, size_t bytes) {
+            // STREAM-style read: every thread sums its own slice of one buffer far beyond the caches, with the
+            // widest loads this build has; the best pass over `seconds`. Bytes/s over all threads.
+            const int nt = std::max(1, n_threads);
+            const size_t n = bytes / 64 * 64 / sizeof(int64_t);
+            std::vector<int64_t> buf(n, 1);
+            std::vector<int64_t> sums(nt);
+            double best = 1e30;
+            py::gil_scoped_release nogil;
+            ThreadPool pool(nt);
+            const auto start = std::chrono::steady_clock::now();
+            do {
+                const auto t0 = std::chrono::steady_clock::now();
+                pool.run(nt, [&](int t) {
+                    const size_t lo = n / nt * t, hi = t == nt - 1 ? n : n / nt * (t + 1);
+#ifdef MEDUSA_AVX2
+                    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+                    size_t i = lo;
+                    for (; i + 16 <= hi; i += 16) {
+                        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256((const __m256i*)(buf.data() + i)));
+                        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256((const __m256i*)(buf.data() + i + 4)));
+                        a2 = _mm256_add_epi64(a2, _mm256_loadu_si256((const __m256i*)(buf.data() + i + 8)));
+                        a3 = _mm256_add_epi64(a3, _mm256_loadu_si256((const __m256i*)(buf.data() + i + 12)));
+                    }
+                    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+                    int64_t s = _mm256_extract_epi64(a0, 0) + _mm256_extract_epi64(a0, 1) +
+                                _mm256_extract_epi64(a0, 2) + _mm256_extract_epi64(a0, 3);
+                    for (; i < hi; ++i) s += buf[i];
+#else
+                    int64_t s = 0;
+                    for (size_t i = lo; i < hi; ++i) s += buf[i];
+#endif
+                    sums[t] = s;
+                });
+                best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+            } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds);
+            int64_t tot = 0;
+            for (auto v : sums) tot += v;
+            if (tot != (int64_t)n) throw std::runtime_error("read_bandwidth: wrong sum");
+            return (double)(n * sizeof(int64_t)) / best;
+        },
+        py::arg("seconds") = 0.5, py::arg("n_threads") = 1, py::arg("bytes") = (size_t)512 << 20);
 }

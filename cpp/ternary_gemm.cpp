@@ -1,6 +1,7 @@
 #include "ternary_gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -10,36 +11,107 @@ namespace medusa {
 
 namespace {
 
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define MEDUSA_VNNI 1
+#endif
+
 #ifdef MEDUSA_AVX2
 // c_mt tokens against one weight row: the row's 32-byte blocks are decoded to 4 code vectors once and multiplied
-// (unsigned codes 0..2 by signed int8 activations, maddubs) with every token of the tile. Products of a block fit
-// int16 (4 maddubs lanes: at most 4 * 2 * 2 * 128 = 2048), then widen to int32 per block: no overflow at any K.
-template <int c_mt>
+// (unsigned codes 0..2 by signed int8 activations) with every token of the tile. AVX2: maddubs, whose int16 pair
+// sums fit (at most 2 * 2 * 128 per lane, 4 per block), widened to int32 per block; VNNI: one vpdpbusd per 32
+// codes, four products summed straight into each int32 lane. The same exact int32 sums either way.
+template <int c_mt, bool vnni>
 inline void row_tile(const uint8_t* row, int nb, const int8_t* q, int K, int32_t* out) {
     const __m256i mask = _mm256_set1_epi8(3);
-    const __m256i ones = _mm256_set1_epi16(1);
+    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[c_mt];
     for (int m = 0; m < c_mt; ++m) acc[m] = _mm256_setzero_si256();
     for (int b = 0; b < nb; ++b) {
         const __m256i w = _mm256_loadu_si256((const __m256i*)(row + 32 * b));
-        const __m256i c0 = _mm256_and_si256(_mm256_srli_epi16(w, 6), mask);
-        const __m256i c1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
-        const __m256i c2 = _mm256_and_si256(_mm256_srli_epi16(w, 2), mask);
-        const __m256i c3 = _mm256_and_si256(w, mask);
+        const __m256i c[4] = {_mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+                              _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+                              _mm256_and_si256(_mm256_srli_epi16(w, 2), mask), _mm256_and_si256(w, mask)};
         for (int m = 0; m < c_mt; ++m) {
             const int8_t* a = q + (size_t)m * K + 128 * b;
-            __m256i p = _mm256_maddubs_epi16(c0, _mm256_loadu_si256((const __m256i*)a));
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c1, _mm256_loadu_si256((const __m256i*)(a + 32))));
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c2, _mm256_loadu_si256((const __m256i*)(a + 64))));
-            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c3, _mm256_loadu_si256((const __m256i*)(a + 96))));
-            acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(p, ones));
+            if constexpr (vnni) {
+#ifdef MEDUSA_VNNI
+                for (int g = 0; g < 4; ++g)
+                    acc[m] = _mm256_dpbusd_epi32(acc[m], c[g], _mm256_loadu_si256((const __m256i*)(a + 32 * g)));
+#endif
+            } else {
+                __m256i p = _mm256_maddubs_epi16(c[0], _mm256_loadu_si256((const __m256i*)a));
+                for (int g = 1; g < 4; ++g)
+                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c[g], _mm256_loadu_si256((const __m256i*)(a + 32 * g))));
+                acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(p, ones));
+            }
         }
     }
     for (int m = 0; m < c_mt; ++m) out[m] = hsum256_i32(acc[m]);
 }
+
+// A tile of mt (1..8) tokens through row_tile's instance for that width.
+template <bool vnni>
+void tile(int mt, const uint8_t* row, int nb, const int8_t* q, int K, int32_t* out) {
+    switch (mt) {
+        case 1: row_tile<1, vnni>(row, nb, q, K, out); break;
+        case 2: row_tile<2, vnni>(row, nb, q, K, out); break;
+        case 3: row_tile<3, vnni>(row, nb, q, K, out); break;
+        case 4: row_tile<4, vnni>(row, nb, q, K, out); break;
+        case 5: row_tile<5, vnni>(row, nb, q, K, out); break;
+        case 6: row_tile<6, vnni>(row, nb, q, K, out); break;
+        case 7: row_tile<7, vnni>(row, nb, q, K, out); break;
+        default: row_tile<8, vnni>(row, nb, q, K, out); break;
+    }
+}
 #endif
 
+enum : int { KERNEL_SCALAR = 0, KERNEL_AVX2 = 1, KERNEL_VNNI = 2, N_KERNELS = 3 };
+const char* const KERNEL_NAMES[N_KERNELS] = {"scalar", "avx2", "avx512_vnni"};
+
+bool kernel_available(int k) {
+    switch (k) {
+        case KERNEL_SCALAR: return true;
+#ifdef MEDUSA_AVX2
+        case KERNEL_AVX2: return __builtin_cpu_supports("avx2");
+#endif
+#ifdef MEDUSA_VNNI
+        case KERNEL_VNNI: return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+#endif
+        default: return false;
+    }
+}
+
+int best_kernel() {
+    for (int k = N_KERNELS - 1; k > 0; --k)
+        if (kernel_available(k)) return k;
+    return KERNEL_SCALAR;
+}
+
+std::atomic<int> g_kernel{-1};
+
 }  // namespace
+
+std::vector<std::string> ternary_kernels_available() {
+    std::vector<std::string> out;
+    for (int k = 0; k < N_KERNELS; ++k)
+        if (kernel_available(k)) out.push_back(KERNEL_NAMES[k]);
+    return out;
+}
+
+int ternary_kernel_index(const std::string& name) {
+    for (int k = 0; k < N_KERNELS; ++k)
+        if (name == KERNEL_NAMES[k]) return kernel_available(k) ? k : -1;
+    return -1;
+}
+
+const char* ternary_kernel_name(int kernel) { return KERNEL_NAMES[kernel]; }
+
+int ternary_kernel() {
+    int k = g_kernel.load(std::memory_order_relaxed);
+    return k < 0 ? best_kernel() : k;
+}
+
+void set_ternary_kernel(int kernel) { g_kernel.store(kernel, std::memory_order_relaxed); }
 
 void quantize_acts(const float* x, int M, int K, int8_t* q, float* scale, int32_t* sum) {
     for (int m = 0; m < M; ++m) {
@@ -101,7 +173,8 @@ size_t i2s_find_code3(const uint8_t* data, size_t n) {
 }
 
 void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
-                       const int32_t* qsum, int M, float wscale, float* y) {
+                       const int32_t* qsum, int M, float wscale, float* y, int kernel) {
+    if (kernel < 0) kernel = ternary_kernel();
     [[maybe_unused]] const int nb = K / 128;
     int32_t s[8];
     for (int r = r0; r < r1; ++r) {
@@ -109,20 +182,16 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
         for (int m0 = 0; m0 < M; m0 += 8) {
             const int mt = std::min(8, M - m0);
             const int8_t* qa = q + (size_t)m0 * K;
-#ifdef MEDUSA_AVX2
-            switch (mt) {
-                case 1: row_tile<1>(row, nb, qa, K, s); break;
-                case 2: row_tile<2>(row, nb, qa, K, s); break;
-                case 3: row_tile<3>(row, nb, qa, K, s); break;
-                case 4: row_tile<4>(row, nb, qa, K, s); break;
-                case 5: row_tile<5>(row, nb, qa, K, s); break;
-                case 6: row_tile<6>(row, nb, qa, K, s); break;
-                case 7: row_tile<7>(row, nb, qa, K, s); break;
-                default: row_tile<8>(row, nb, qa, K, s); break;
-            }
-#else
-            for (int m = 0; m < mt; ++m) s[m] = i2s_row_codes_dot(row, qa + (size_t)m * K, K);
+            switch (kernel) {
+#ifdef MEDUSA_VNNI
+                case KERNEL_VNNI: tile<true>(mt, row, nb, qa, K, s); break;
 #endif
+#ifdef MEDUSA_AVX2
+                case KERNEL_AVX2: tile<false>(mt, row, nb, qa, K, s); break;
+#endif
+                default:
+                    for (int m = 0; m < mt; ++m) s[m] = i2s_row_codes_dot(row, qa + (size_t)m * K, K);
+            }
             for (int m = 0; m < mt; ++m)
                 y[(size_t)(m0 + m) * N + r] = (float)(s[m] - qsum[m0 + m]) / qscale[m0 + m] * wscale;
         }

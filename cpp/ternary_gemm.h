@@ -1,10 +1,12 @@
-// I2_S ternary matmul on the CPU (the GPU's is hip/ternary_gemm.cu, binding ternary_gemm on both sides): bitnet.cpp's per-token int8 activation quantisation and the exact integer
-// product over canonical I2_S bytes (128 weights in 32 bytes, byte p = codes of p, 32+p, 64+p, 96+p at shifts
+// I2_S ternary matmul on the CPU (the GPU's is hip/ternary_gemm.cu, binding ternary_gemm on both sides): bitnet.cpp's
+// per-token int8 activation quantisation and the exact integer product over canonical I2_S bytes (128 weights in 32 bytes, byte p = codes of p, 32+p, 64+p, 96+p at shifts
 // 6/4/2/0, code = w + 1). This is the reference the GPU kernels (hip/ternary_gemm.cu) must equal bit for bit.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace medusa {
 
@@ -26,6 +28,15 @@ void ternary_gemm(const uint8_t* w, const float* wscale, int N, int K, const int
 // Ternary GEMM over I2_S bytes for rows [r0, r1) and M quantised tokens: the small-M kernel (AVX2 maddubs, each
 // weight byte loaded once for a tile of up to 8 tokens) with a scalar fallback. Same result as ternary_gemm.
 void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
-                       const int32_t* qsum, int M, float wscale, float* y);
+                       const int32_t* qsum, int M, float wscale, float* y, int kernel = -1);
+
+// The small-M kernels, each giving the same int32 sums: "scalar" (any CPU), "avx2" (maddubs), "avx512_vnni"
+// (vpdpbusd on 256-bit lanes). Available = compiled for this build and supported by this CPU. kernel -1 in
+// ternary_gemm_rows means the one set for the process (the best available until set_ternary_kernel).
+std::vector<std::string> ternary_kernels_available();
+int ternary_kernel_index(const std::string& name);  // -1 when unknown or not available here
+const char* ternary_kernel_name(int kernel);
+int ternary_kernel();
+void set_ternary_kernel(int kernel);
 
 }  // namespace medusa

@@ -37,24 +37,58 @@ def test_forward_matches_numpy_reference(model_file):
     assert (logits.argmax(-1) == ref_logits.argmax(-1)).mean() >= 11 / 12
 
 
-def test_fast_gemm_equals_reference():
+@pytest.mark.parametrize("kernel", _native.ternary_kernels())
+def test_every_kernel_equals_the_reference(kernel):
+    """Each small-M kernel this CPU runs gives the scalar reference's result bit for bit, at M = 1..16 and odd
+    shapes (row counts that are no multiple of anything, K of one and of several blocks)."""
     rng = np.random.default_rng(5)
-    for M in (1, 2, 7, 8, 9, 64):
-        w = i2s.pack(rng.integers(-1, 2, (70, 384)))
-        ws = rng.uniform(0.5, 2, 70).astype(np.float32)
-        q, s, sm = _native.quantize_acts((rng.standard_normal((M, 384)) * 10).astype(np.float32))
-        assert (_native.ternary_gemm_tiled(w, ws, q, s, sm) == _native.ternary_gemm(w, ws, q, s, sm)).all()
+    for N, K in ((70, 384), (37, 128), (5, 2688)):
+        w = i2s.pack(rng.integers(-1, 2, (N, K)))
+        ws = rng.uniform(0.5, 2, N).astype(np.float32)
+        for M in (*range(1, 17), 64):
+            q, s, sm = _native.quantize_acts((rng.standard_normal((M, K)) * 10).astype(np.float32))
+            got = _native.ternary_gemm_tiled(w, ws, q, s, sm, kernel=kernel)
+            assert (got == _native.ternary_gemm(w, ws, q, s, sm)).all(), (kernel, N, K, M)
 
 
-def test_gemm_extreme_activations_do_not_overflow():
+@pytest.mark.parametrize("kernel", _native.ternary_kernels())
+def test_gemm_extreme_activations_do_not_overflow(kernel):
     # all weights +1 and activations pinned at +-127 over K = 6912: an int16 running sum would wrap
     K = 6912
     w = i2s.pack(np.ones((4, K), np.int64))
     for v in (1e3, -1e3):
         q, s, sm = _native.quantize_acts(np.full((2, K), v, np.float32))
-        y = _native.ternary_gemm_tiled(w, np.ones(4, np.float32), q, s, sm)
+        y = _native.ternary_gemm_tiled(w, np.ones(4, np.float32), q, s, sm, kernel=kernel)
         assert (y == _native.ternary_gemm(w, np.ones(4, np.float32), q, s, sm)).all()
         assert abs(int(q[0, 0])) == 127 and np.allclose(y, K * int(q[0, 0]) / s[0])
+
+
+def test_a_kernel_the_cpu_lacks_is_never_chosen(model_file, monkeypatch):
+    """A forced kernel this CPU or build lacks is refused with the list of those it has; the timed choice is
+    always one of those."""
+    from llama_medusa.backbones.i2s import engine
+
+    with pytest.raises(ValueError, match=r"ternary kernel 'neon' is not available on this CPU and build "
+                                         r"\(available: scalar"):
+        BitnetModel(model_file, n_ctx=64, n_threads=1, kernel="neon")
+    monkeypatch.setenv(engine.KERNEL_ENV, "sse9")
+    with pytest.raises(ValueError, match="'sse9' is not available"):
+        BitnetModel(model_file, n_ctx=64, n_threads=1)
+    monkeypatch.delenv(engine.KERNEL_ENV)
+    m = BitnetModel(model_file, n_ctx=64, n_threads=1)
+    assert m.kernel in _native.ternary_kernels() and m.kernel == _native.ternary_kernel()
+    assert set(m.kernel_timings) <= set(_native.ternary_kernels())
+
+
+def test_engine_output_does_not_change_with_the_kernel(model_file):
+    outs = {}
+    for kernel in _native.ternary_kernels():
+        m = BitnetModel(model_file, n_ctx=64, n_threads=2, kernel=kernel)
+        _, logits = m.forward(list(range(3, 12)))
+        outs[kernel] = logits
+    _native.set_ternary_kernel(BitnetModel(model_file, n_ctx=64, n_threads=2).kernel)  # back to the timed choice
+    first = next(iter(outs.values()))
+    assert all((o == first).all() for o in outs.values()), list(outs)
 
 
 def test_tree_pass_equals_sequential_decoding(model_file):

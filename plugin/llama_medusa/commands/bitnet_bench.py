@@ -22,7 +22,11 @@ LAYER = [(3840, 2560), (2560, 2560), (13824, 2560), (2560, 6912)]  # q|k|v, o, g
 TOKENS = (1, 2, 4, 8, 16, 64)
 
 
-def gemm_table(n_layers: int, threads: int, reps: int = 3):
+# The instruction each ternary kernel multiplies with: its rows are placed beside that instruction's in-run peak.
+KERNEL_INSTRUCTION = {"avx2": "vpmaddubsw", "avx512_vnni": "vpdpbusd"}
+
+
+def gemm_table(n_layers: int, threads: int, reps: int = 3, kernel: str = None):
     """All n_layers x 4 matrices, distinct (0.52 GB for 30 layers: far beyond the caches), one timed pass each."""
     from .. import _native
 
@@ -32,7 +36,7 @@ def gemm_table(n_layers: int, threads: int, reps: int = 3):
     rows = []
     for M in TOKENS:
         acts = {k: _native.quantize_acts(rng.standard_normal((M, k)).astype(np.float32)) for k in {2560, 6912}}
-        t = _native.ternary_sequence_timed(mats, acts, threads, reps)
+        t = _native.ternary_sequence_timed(mats, acts, threads, reps, kernel)
         rows.append({"M": M, "seconds": t, "GBps": wbytes / t / 1e9, "GMACps": wbytes * 4 * M / t / 1e9})
     return rows, wbytes
 
@@ -122,10 +126,22 @@ def run(n_layers: int = 30, threads: int = None, log=print, tokenizer_from: str 
 
     threads = threads or os.cpu_count() or 1
     roof = roofline()
-    roof["int8_GMACps"] = _native.int8_peak(0.5, threads) / 1e9
-    s = {"threads": threads, "roofline": roof}
-    log("ternary GEMM at the 2B-4T shapes ...")
-    s["gemm"], s["ternary_bytes"] = gemm_table(n_layers, threads)
+    roof["numpy_read_GBps"] = roof.pop("read_GBps")  # one thread: not a ceiling for a kernel on all of them
+    roof["read_GBps"] = _native.read_bandwidth(0.5, threads) / 1e9  # every thread streaming, as the kernels do
+    peaks = {}
+    for ins in ("vpmaddubsw", "vpdpbusd", "vpdpbusd512"):
+        try:
+            peaks[ins] = _native.int8_peak(0.5, threads, ins) / 1e9
+        except ValueError:  # not in this build
+            pass
+    roof["int8_peak_GMACps"] = peaks
+    s = {"threads": threads, "roofline": roof, "kernels": _native.ternary_kernels(), "gemm_by_kernel": {}}
+    for kernel in s["kernels"]:
+        if kernel == "scalar" and len(s["kernels"]) > 1:
+            continue  # the reference, far slower: not a candidate where a vector kernel runs
+        log(f"ternary GEMM at the 2B-4T shapes, {kernel} kernel ...")
+        s["gemm_by_kernel"][kernel], s["ternary_bytes"] = gemm_table(n_layers, threads, kernel=kernel)
+    s["kernel"] = _native.ternary_kernel()
     with tempfile.TemporaryDirectory() as d:
         log("writing a synthetic 2B-4T-shaped I2_S model (SiLU 'bitnet' arch, so stock llama.cpp runs it too) ...")
         src = write_bitnet(os.path.join(d, "bitnet.gguf"), n_embd=2560, n_layer=n_layers, n_head=20, n_head_kv=5,
@@ -147,14 +163,20 @@ def run(n_layers: int = 30, threads: int = None, log=print, tokenizer_from: str 
 
 def format_table(s: Dict) -> str:
     r = s["roofline"]
-    lines = [f"roofline ({s['threads']} threads): read {r['read_GBps']:.1f} GB/s, int8 multiply-add "
-             f"{r['int8_GMACps']:.0f} G MAC/s",
-             f"ternary GEMM over the 2B-4T matrices ({s['ternary_bytes'] / 1e9:.2f} GB of I2_S):",
-             f"{'M':>3} {'ms':>8} {'t(M)/t(1)':>9} {'GB/s':>6} {'of read':>7} {'G MAC/s':>8} {'of peak':>7}"]
-    t1 = s["gemm"][0]["seconds"]
-    for g in s["gemm"]:
-        lines.append(f"{g['M']:3d} {g['seconds'] * 1e3:8.1f} {g['seconds'] / t1:9.2f} {g['GBps']:6.1f} "
-                     f"{g['GBps'] / r['read_GBps']:7.0%} {g['GMACps']:8.1f} {g['GMACps'] / r['int8_GMACps']:7.0%}")
+    lines = [f"roofline ({s['threads']} threads, in this run): read {r['read_GBps']:.1f} GB/s (every thread streaming; "
+             f"numpy on one thread: {r['numpy_read_GBps']:.1f}), int8 multiply-add peaks "
+             + ", ".join(f"{k} {v:.0f} G MAC/s" for k, v in r["int8_peak_GMACps"].items()),
+             f"ternary GEMM over the 2B-4T matrices ({s['ternary_bytes'] / 1e9:.2f} GB of I2_S), by kernel "
+             f"(the engine runs {s['kernel']}):",
+             f"{'kernel':>12} {'M':>3} {'ms':>8} {'t(M)/t(1)':>9} {'GB/s':>6} {'of read':>7} {'G MAC/s':>8} "
+             f"{'of peak':>7}"]
+    for kernel, rows in s["gemm_by_kernel"].items():
+        peak = r["int8_peak_GMACps"].get(KERNEL_INSTRUCTION.get(kernel))
+        t1 = rows[0]["seconds"]
+        for g in rows:
+            lines.append(f"{kernel:>12} {g['M']:3d} {g['seconds'] * 1e3:8.1f} {g['seconds'] / t1:9.2f} "
+                         f"{g['GBps']:6.1f} {g['GBps'] / r['read_GBps']:7.0%} {g['GMACps']:8.1f} "
+                         + (f"{g['GMACps'] / peak:7.0%}" if peak else f"{'':>7}"))
     e = s.get("engine")
     if e:
         roof_tok = r["read_GBps"] * 1e9 / s["bytes_per_token"]

@@ -42,12 +42,45 @@ def read_config(f: GGUFFile, n_ctx: Optional[int] = None) -> Dict:
     return cfg
 
 
+# Forces a small-M ternary kernel ("scalar", "avx2", "avx512_vnni") instead of the one timed fastest at load.
+KERNEL_ENV = "LLAMA_MEDUSA_TERNARY_KERNEL"
+_chosen: Dict[int, Tuple[str, Dict[str, float]]] = {}  # threads -> (kernel, seconds per kernel), once per process
+
+
+def choose_kernel(n_threads: int, forced: Optional[str] = None) -> Tuple[str, Dict[str, float]]:
+    """The ternary kernel the engine uses, set for the process: `forced` (or $LLAMA_MEDUSA_TERNARY_KERNEL) when
+    given, refused if this CPU or build lacks it; else the available kernel fastest over 1 and 4 tokens on
+    2B-4T-wide matrices (16 MB, timed in a few milliseconds). Returns (kernel, seconds per kernel)."""
+    from ... import _native
+
+    forced = forced or os.environ.get(KERNEL_ENV) or None
+    if forced:
+        _native.set_ternary_kernel(forced)  # a ValueError that lists the available ones
+        return forced, {}
+    if n_threads not in _chosen:
+        names = [k for k in _native.ternary_kernels() if k != "scalar"] or ["scalar"]
+        rng = np.random.default_rng(0)
+        mats = [rng.integers(0, 256, (1024, 2560 // 4), dtype=np.uint8) & 0xAA for _ in range(6)]
+        timings = {}
+        for name in names:
+            t = 0.0
+            for M in (1, 4):
+                acts = {2560: _native.quantize_acts(rng.standard_normal((M, 2560)).astype(np.float32))}
+                t += _native.ternary_sequence_timed(mats, acts, n_threads, 5, name)
+            timings[name] = t
+        _chosen[n_threads] = (min(timings, key=timings.get), timings)
+    kernel, timings = _chosen[n_threads]
+    _native.set_ternary_kernel(kernel)
+    return kernel, timings
+
+
 class BitnetModel:
     """An I2_S BitNet GGUF mapped into memory and the native engine over it."""
 
     def __init__(self, path: str, n_ctx: Optional[int] = None, n_threads: Optional[int] = None,
-                 file: Optional[GGUFFile] = None):
-        """file: `path` already parsed (Llama parses it once to pick this backbone; its tokenizer is large)."""
+                 file: Optional[GGUFFile] = None, kernel: Optional[str] = None):
+        """file: `path` already parsed (Llama parses it once to pick this backbone; its tokenizer is large).
+        kernel: force a small-M ternary kernel (see choose_kernel)."""
         from ... import _native
 
         if file is None:
@@ -78,11 +111,13 @@ class BitnetModel:
         if emb.dtype != np.float16 or emb.shape[1] != H:
             raise ValueError(f"{path}: token_embd.weight must be F16 [{H}, vocab]")
         out = f.array("output.weight").view(np.uint16) if "output.weight" in f.tensors else None
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        self.kernel, self.kernel_timings = choose_kernel(threads, kernel)
         self.engine = _native.BitnetEngine(
             {k: cfg[k] for k in ("n_embd", "n_layer", "n_head", "n_head_kv", "n_ff", "n_vocab", "n_ctx", "rope_theta",
                                  "eps", "relu2")},
             layers, emb.view(np.uint16), np.asarray(f.array("output_norm.weight"), np.float32), out,
-            n_threads or max(1, os.cpu_count() or 1),
+            threads,
         )
 
     # -- the backbone interface the decoder uses
