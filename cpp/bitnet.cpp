@@ -44,7 +44,7 @@ void rope_neox(float* v, int n_heads, int d, int pos, float theta) {
 BitnetEngine::BitnetEngine(const BitnetConfig& c, std::vector<BitnetLayer> layers, const uint16_t* tok_embd,
                            const float* output_norm, const uint16_t* output, int n_threads)
     : c_(c), layers_(std::move(layers)), tok_embd_(tok_embd), output_norm_(output_norm),
-      output_(output ? output : tok_embd), pool_(std::max(1, n_threads)) {
+      output_(output ? output : tok_embd), pool_(std::max(1, n_threads), ENGINE_SPIN) {
     if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv || c.n_embd % c.n_head)
         throw std::invalid_argument("head counts do not divide the embedding");
     if ((c.n_embd / c.n_head) % 2) throw std::invalid_argument("RoPE needs an even head size");

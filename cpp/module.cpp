@@ -398,7 +398,7 @@ PYBIND11_MODULE(_native, mod) {
                 maxNM = std::max(maxNM, (size_t)w.shape(0) * q.shape(0));
             }
             const int kern = kernel_of(kernel);
-            ThreadPool pool(std::max(1, n_threads));
+            ThreadPool pool(std::max(1, n_threads), ENGINE_SPIN);  // as the engine runs its matmuls
             std::vector<float> y(maxNM);
             std::vector<double> ts;
             {

@@ -1,5 +1,10 @@
 // A persistent worker pool: a decode step runs ~200 matmuls, and spawning threads for each would cost more than
-// the matmuls on small models. The caller works too; run() returns when every task is done.
+// the matmuls on small models. The caller works too; run() returns when every task is done. With `spin`, workers
+// spin that many pauses on the generation counter before sleeping, and the caller on the pending count before
+// waiting: an engine's matmuls follow each other within microseconds, and a futex wake per matmul cost 13% of a
+// BitNet token on an Ice Lake VM (BENCHMARKS.md, I2_S). ggml's threadpool polls for the same reason. Pools whose
+// calls sit between another library's (the heads, between llama.cpp decodes) leave it at 0: a spinning worker
+// would take a core from that library's threads.
 #pragma once
 
 #include <atomic>
@@ -11,15 +16,19 @@
 
 namespace medusa {
 
+// Pauses an engine worker spins between matmuls before sleeping (about a millisecond on x86).
+constexpr int ENGINE_SPIN = 20000;
+
 class ThreadPool {
 public:
-    explicit ThreadPool(int n_threads) {
+    explicit ThreadPool(int n_threads, int spin = 0) : spin_(spin) {
         for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { loop(); });
     }
     ~ThreadPool() {
         {
             std::lock_guard<std::mutex> l(m_);
             stop_ = true;
+            stop_flag_ = true;
         }
         cv_.notify_all();
         for (auto& t : workers_) t.join();
@@ -38,12 +47,13 @@ public:
             n_tasks_ = n_tasks;
             next_ = 0;
             pending_ = (int)workers_.size();
-            ++gen_;
+            gen_.fetch_add(1, std::memory_order_release);
         }
         cv_.notify_all();
         work();
+        for (int i = 0; i < spin_ && pending_.load(std::memory_order_acquire) != 0; ++i) pause();
         std::unique_lock<std::mutex> l(m_);
-        done_cv_.wait(l, [this] { return pending_ == 0; });
+        done_cv_.wait(l, [this] { return pending_.load() == 0; });
         fn_ = nullptr;
     }
 
@@ -51,27 +61,36 @@ private:
     void work() {
         for (int i; (i = next_.fetch_add(1)) < n_tasks_;) (*fn_)(i);
     }
+    static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
     void loop() {
         uint64_t seen = 0;
         for (;;) {
+            for (int i = 0; i < spin_ && gen_.load(std::memory_order_acquire) == seen && !stop_flag_.load(); ++i)
+                pause();
             {
                 std::unique_lock<std::mutex> l(m_);
-                cv_.wait(l, [&] { return stop_ || gen_ != seen; });
+                cv_.wait(l, [&] { return stop_ || gen_.load() != seen; });
                 if (stop_) return;
-                seen = gen_;
+                seen = gen_.load();
             }
             work();
             std::lock_guard<std::mutex> l(m_);
-            if (--pending_ == 0) done_cv_.notify_one();
+            if (pending_.fetch_sub(1) == 1) done_cv_.notify_one();
         }
     }
+    const int spin_;
     std::vector<std::thread> workers_;
     std::mutex m_;
     std::condition_variable cv_, done_cv_;
     const std::function<void(int)>* fn_ = nullptr;
-    int n_tasks_ = 0, pending_ = 0;
-    std::atomic<int> next_{0};
-    uint64_t gen_ = 0;
+    int n_tasks_ = 0;
+    std::atomic<int> pending_{0}, next_{0};
+    std::atomic<uint64_t> gen_{0};
+    std::atomic<bool> stop_flag_{false};
     bool stop_ = false;
 };
 
