@@ -465,39 +465,33 @@ PYBIND11_MODULE(_native, mod) {
                 double el = 0;
                 double per = 32;
                 int sink_v = 0;
-                if (kind == 0) {
-                    __m256i b = _mm256_set1_epi8(-2), acc[C];
-                    for (int i = 0; i < C; ++i) acc[i] = _mm256_set1_epi8((char)(i + t + 3));
+                // op applied to every chain, 4096 rounds at a time, until `seconds` have passed
+                auto chains = [&](auto& acc, auto op) {
                     do {
                         for (int r = 0; r < 4096; ++r)
-                            for (auto& x : acc) x = _mm256_maddubs_epi16(x, b);  // dependent: cannot be hoisted
+                            for (auto& x : acc) x = op(x);  // dependent: cannot be hoisted
                         iters += 4096;
                         el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
                     } while (el < seconds);
+                };
+                if (kind == 0) {
+                    __m256i b = _mm256_set1_epi8(-2), acc[C];
+                    for (int i = 0; i < C; ++i) acc[i] = _mm256_set1_epi8((char)(i + t + 3));
+                    chains(acc, [&](__m256i x) { return _mm256_maddubs_epi16(x, b); });
                     for (auto& x : acc) sink_v += _mm256_extract_epi16(x, 0);
                 }
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
                 if (kind == 1) {
                     __m256i a = _mm256_set1_epi8(3), b = _mm256_set1_epi8(-2), acc[C];
                     for (int i = 0; i < C; ++i) acc[i] = _mm256_set1_epi32(i + t);
-                    do {
-                        for (int r = 0; r < 4096; ++r)
-                            for (auto& x : acc) x = _mm256_dpbusd_epi32(x, a, b);
-                        iters += 4096;
-                        el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                    } while (el < seconds);
+                    chains(acc, [&](__m256i x) { return _mm256_dpbusd_epi32(x, a, b); });
                     for (auto& x : acc) sink_v += _mm256_extract_epi32(x, 0);
                 }
                 if (kind == 2) {
                     per = 64;
                     __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2), acc[C];
                     for (int i = 0; i < C; ++i) acc[i] = _mm512_set1_epi32(i + t);
-                    do {
-                        for (int r = 0; r < 4096; ++r)
-                            for (auto& x : acc) x = _mm512_dpbusd_epi32(x, a, b);
-                        iters += 4096;
-                        el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                    } while (el < seconds);
+                    chains(acc, [&](__m512i x) { return _mm512_dpbusd_epi32(x, a, b); });
                     for (auto& x : acc) sink_v += _mm512_reduce_add_epi32(x);
                 }
 #endif

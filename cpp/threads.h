@@ -28,7 +28,6 @@ public:
         {
             std::lock_guard<std::mutex> l(m_);
             stop_ = true;
-            stop_flag_ = true;
         }
         cv_.notify_all();
         for (auto& t : workers_) t.join();
@@ -69,7 +68,7 @@ private:
     void loop() {
         uint64_t seen = 0;
         for (;;) {
-            for (int i = 0; i < spin_ && gen_.load(std::memory_order_acquire) == seen && !stop_flag_.load(); ++i)
+            for (int i = 0; i < spin_ && gen_.load(std::memory_order_acquire) == seen && !stop_.load(); ++i)
                 pause();
             {
                 std::unique_lock<std::mutex> l(m_);
@@ -90,8 +89,7 @@ private:
     int n_tasks_ = 0;
     std::atomic<int> pending_{0}, next_{0};
     std::atomic<uint64_t> gen_{0};
-    std::atomic<bool> stop_flag_{false};
-    bool stop_ = false;
+    std::atomic<bool> stop_{false};
 };
 
 }  // namespace medusa

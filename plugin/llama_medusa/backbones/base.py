@@ -18,6 +18,19 @@ class Unsupported(NotImplementedError):
     engine). A NotImplementedError, as stock raises for what a model cannot do."""
 
 
+class PendingTokens:
+    """What both backbones share: which accepted tokens their cache lacks (`llm` and `kv_len` are theirs)."""
+
+    def pending(self, max_depth: int) -> Tuple[int, List[int]]:
+        """(kv, pending): the cache holds the first kv tokens; pending accepted tokens are decoded again first."""
+        llm = self.llm
+        kv = min(self.kv_len(), llm.n_tokens)
+        if llm.n_tokens - kv > max_depth:  # more than a step can re-decode (tokens pushed with send())
+            llm.eval([])
+            kv = llm.n_tokens
+        return kv, [int(t) for t in llm.input_ids[kv : llm.n_tokens]]
+
+
 class Backbone(Protocol):
     name: str  # "llama.cpp", "i2s"
     n_embd: int

@@ -22,14 +22,14 @@ import numpy as np
 from llama_cpp import _internals as internals
 
 from ..drafting.tree import Tree
-from .base import Unsupported  # noqa: F401  (part of the interface every backbone module offers)
+from .base import PendingTokens
 
 # Batches this big cost 5-20 t(1) on a CPU and no tree of them wins there: three timings each are enough, and they
 # were most of the measuring time (BENCHMARKS.md, "Cost curve")
 BIG_BATCH, BIG_REPEATS = 24, 3
 
 
-class LlamaCppBackbone:
+class LlamaCppBackbone(PendingTokens):
     name = "llama.cpp"
 
     @staticmethod
@@ -140,15 +140,6 @@ class LlamaCppBackbone:
         llm.n_tokens = 0
         llm._requires_eval = True
         fit_buffers_to_context(llm)
-
-    def pending(self, max_depth: int) -> Tuple[int, List[int]]:
-        """(kv, pending): the cache holds the first kv tokens; pending accepted tokens are decoded again first."""
-        llm = self.llm
-        kv = min(self.kv_len(), llm.n_tokens)
-        if llm.n_tokens - kv > max_depth:  # more than a step can re-decode (tokens pushed with send())
-            llm.eval([])
-            kv = llm.n_tokens
-        return kv, [int(t) for t in llm.input_ids[kv : llm.n_tokens]]
 
     def verify(self, pending: List[int], kv: int, P: int, tree: Tree, node_tokens: List[int],
                need_hidden: bool) -> int:

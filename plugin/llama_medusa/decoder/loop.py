@@ -31,6 +31,7 @@ class Draft:
     chain: List[int] = field(default_factory=list)  # the lookup's drafted continuation
     bucket: int = -1  # where it came from (lookup.context_bucket / answers_bucket)
     grafted: Sequence[int] = ()  # rows of the tree that hold lookup tokens
+    heads_s: float = 0.0  # seconds the drafter took to fill the tree
 
 
 class Decode:
@@ -121,7 +122,7 @@ class Decode:
         llm.input_ids[P] = root
         draft = self.draft(root, hidden, P, len(pending), kv)
         t1 = time.perf_counter()
-        st.time_bookkeeping += t1 - t0 - self._heads_s
+        st.time_bookkeeping += t1 - t0 - draft.heads_s
         n = self.backbone.verify(pending, kv, P, draft.tree, draft.tokens, self.spec.need_hidden)
         t2 = time.perf_counter()
         st.time_verify += t2 - t1
@@ -142,14 +143,13 @@ class Decode:
         deepest = n_ctx - 1 - P
         tree = spec.tree_within(room, deepest)
         context = self.llm.input_ids[: P + 1]  # a view, no copy
-        self._heads_s = 0.0
         if hidden is None or len(tree) == 1:
             d = Draft(spec.tree_within(1, 0), [root])
         else:
             t1 = time.perf_counter()
             d = Draft(tree, spec.fill(hidden, context, tree, spec.top_k))
-            self._heads_s = time.perf_counter() - t1
-            self.stats.time_heads += self._heads_s
+            d.heads_s = time.perf_counter() - t1
+            self.stats.time_heads += d.heads_s
         if spec.lookup is not None:
             d.chain, d.bucket = spec.lookup.draft(context, n_pending + len(d.tree))
             if d.chain:

@@ -43,11 +43,13 @@ def plan(llm, backbone, drafter, choices, top_k: Optional[int], max_batch: int, 
     top1 = [float(p) for p in autotree.accuracy_table(drafter, 1)[:, 0]]  # where a lookup branch goes
     stored = getattr(getattr(drafter, "heads", None), "answers", None)
     index = answers.index_of(stored, llm._n_vocab) if (stored is not None and lookup_tokens) else None
-    gate = LookupGate(lookup_tokens, heads_top1=top1, answers=index) if lookup_tokens else None
+
+    def make_gate(**priced):  # priced: the cost model `auto` measured, else every proposed token is added
+        return LookupGate(lookup_tokens, heads_top1=top1, answers=index, **priced) if lookup_tokens else None
+
+    gate = make_gate()
     if isinstance(choices, str) and choices == "auto":
-        a = _auto(llm, backbone, drafter, top_k or 10, max_batch, fixed_threads,
-                  lambda **priced: LookupGate(lookup_tokens, heads_top1=top1, answers=index, **priced)
-                  if lookup_tokens else None)
+        a = _auto(llm, backbone, drafter, top_k or 10, max_batch, fixed_threads, make_gate)
         choices, gate = a["choices"], a.pop("gate")
     tree = Tree(choices, n_heads=drafter.n_heads, top_k=top_k)
     if isinstance(drafter, HeadsDrafter):
@@ -73,12 +75,11 @@ def _auto(llm, backbone, drafter, top_k: int, max_batch: int, fixed_threads, mak
     would, scored = _pick(options)  # what `auto` would choose with every count free
     pick, _ = _pick(allowed)
     plain_tokens_per_s = pick["plain_best_tokens_per_s"]
+    backbone.set_threads(*pick["threads"])
     if len(settings) > 1:  # the chosen setting's whole curve, for trees of any size
-        backbone.set_threads(*pick["threads"])
         sizes = [T for T in autotree.COST_SIZES if T <= max_batch]
         pick = _price(llm, drafter, acc, autotree.cost_curve(llm, sizes=sizes), t_heads, max_batch, texts, make_gate,
                       pick["threads"], keep=pick["wins"])
-    backbone.set_threads(*pick["threads"])
     a = pick["auto"]
     a.update(threads=pick["threads"], threads_would_choose=would["threads"],
              threads_options=[{k: o[k] for k in ("threads", "tokens_per_s", "plain_tokens_per_s", "vs_best_plain",

@@ -22,7 +22,7 @@ import numpy as np
 
 from ... import decoder
 from ...drafting.tree import Tree
-from ..base import Unsupported
+from ..base import PendingTokens, Unsupported
 from ..llamacpp import fit_buffers_to_context
 from .engine import ARCHS, BitnetModel
 from .gguf_file import I2_S, GGUFFile, peek_architecture, write_gguf
@@ -77,7 +77,7 @@ def vocab_gguf(f: GGUFFile) -> str:
     return out
 
 
-class I2SBackbone:
+class I2SBackbone(PendingTokens):
     name = "i2s"
     claims = staticmethod(open_i2s_gguf)
 
@@ -224,14 +224,6 @@ class I2SBackbone:
 
     def mirror(self, start: int) -> None:
         pass  # one sequence: the engine commits the accepted path itself
-
-    def pending(self, max_depth: int) -> Tuple[int, List[int]]:
-        llm = self.llm
-        kv = self.engine.n_past
-        if llm.n_tokens - kv > max_depth:  # tokens pushed with send(): decode them first
-            llm.eval([])
-            kv = llm.n_tokens
-        return kv, [int(t) for t in llm.input_ids[kv : llm.n_tokens]]
 
     def verify(self, pending: List[int], kv: int, P: int, tree: Tree, node_tokens: List[int],
                need_hidden: bool) -> int:
