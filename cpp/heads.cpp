@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "dot.h"
+#include "threads.h"
 
 namespace medusa {
 
@@ -118,6 +119,28 @@ void Dense::matmul(int rows, int cols, const float* x, size_t ldx, int m, float*
         matmul_rows(f32.data(), rows, cols, x, ldx, m, y, ldy);
 }
 
+void finish_matrix(Matrix& m) {
+    if (m.dtype != DType::I8) return;
+    m.wsum.assign(m.rows, 0);
+    for (int r = 0; r < m.rows; r++)
+        for (int i = 0; i < m.cols; i++) m.wsum[r] += m.i8[(size_t)r * m.cols + i];
+}
+
+void matmul_rows(const Matrix& P, const float* x, int m, float* out, ThreadPool& pool) {
+    std::vector<int8_t> xq;
+    std::vector<float> xs;
+    if (P.dtype == DType::I8) quantize_rows(x, m, P.cols, xq, xs);
+    const int tasks = std::max(1, std::min(pool.size(), P.rows / 64));
+    const int chunk = (P.rows + tasks - 1) / tasks;
+    pool.run(tasks, [&](int t) {
+        const int r0 = std::min(P.rows, t * chunk), r1 = std::min(P.rows, (t + 1) * chunk);
+        auto sink = [&](int row, int j0, int mc, const float* vals) {
+            for (int j = 0; j < mc; j++) out[(size_t)(j0 + j) * P.rows + row] = vals[j];
+        };
+        rows_all(P, x, xq.data(), xs.data(), m, r0, r1, sink);
+    });
+}
+
 HeadsEngine::HeadsEngine(int hidden, int n_threads) : hidden_(hidden), n_threads_(std::max(1, n_threads)) {
     if (hidden <= 0) throw std::invalid_argument("hidden size must be positive");
 }
@@ -133,11 +156,7 @@ int HeadsEngine::add_projection(Matrix m) {
     const bool ok = (m.dtype == DType::F32 && m.f32.size() == n) || (m.dtype == DType::F16 && m.f16.size() == n) ||
                     (m.dtype == DType::I8 && m.i8.size() == n && m.scale.size() == (size_t)m.rows);
     if (!ok) throw std::invalid_argument("projection data does not match its shape");
-    if (m.dtype == DType::I8) {
-        m.wsum.assign(m.rows, 0);
-        for (int r = 0; r < m.rows; r++)
-            for (int i = 0; i < m.cols; i++) m.wsum[r] += m.i8[(size_t)r * m.cols + i];
-    }
+    finish_matrix(m);
     projs_.push_back(std::move(m));
     return (int)projs_.size() - 1;
 }

@@ -52,6 +52,14 @@ struct Head {
     std::vector<Dense> cond;
 };
 
+class ThreadPool;
+
+// out[m, P.rows] = x[m, P.cols] . P^T, rows split over the pool (int8 matrices quantise x per row first).
+void matmul_rows(const Matrix& P, const float* x, int m, float* out, ThreadPool& pool);
+
+// The rows' sums an int8 matrix needs for offset-uint8 activations (add_projection sets them).
+void finish_matrix(Matrix& m);
+
 class HeadsEngine {
 public:
     HeadsEngine(int hidden, int n_threads);

@@ -9,6 +9,7 @@
 #include <memory>
 #include <thread>
 
+#include "eagle.h"
 #include "heads.h"
 #include "py_arrays.h"
 #include "ternary_gemm.h"
@@ -241,6 +242,88 @@ PYBIND11_MODULE(_native, mod) {
                  }
                  return out;
              });
+
+    py::class_<EagleLayer>(mod, "EagleLayer")
+        .def(py::init([](py::dict cfg, py::dict mats, py::object fc_b, py::object qkv_b, Arr<float> norm,
+                         int n_threads) {
+                 EagleConfig c;
+                 c.hidden = cfg["hidden"].cast<int>();
+                 c.n_head = cfg["n_head"].cast<int>();
+                 c.n_kv = cfg["n_kv"].cast<int>();
+                 c.head_dim = cfg["head_dim"].cast<int>();
+                 c.inter = cfg["inter"].cast<int>();
+                 c.eps = cfg["eps"].cast<float>();
+                 c.rope_theta = cfg["rope_theta"].cast<float>();
+                 c.rope_scale = cfg["rope_scale"].cast<float>();
+                 auto m = [&](const char* name) {
+                     py::tuple t = mats[name].cast<py::tuple>();
+                     return matrix_from(t[0].cast<py::array>(), t[1]);
+                 };
+                 auto vec = [](py::object o) {
+                     return o.is_none() ? std::vector<float>() : to_vec(Arr<float>(o.cast<py::array>()));
+                 };
+                 return new EagleLayer(c, m("fc"), vec(fc_b), m("qkv"), vec(qkv_b), m("o"), to_vec(norm),
+                                       m("gate_up"), m("down"), m("lm_head"), n_threads);
+             }),
+             py::arg("config"), py::arg("matrices"), py::arg("fc_bias"), py::arg("qkv_bias"), py::arg("norm"),
+             py::arg("n_threads") = 1,
+             "An EAGLE draft layer; matrices: name -> (weights, per-row scales or None) for fc, qkv, o, gate_up, "
+             "down and lm_head (the draft vocabulary's output rows).")
+        .def("extend", [](EagleLayer& e, Arr<float> emb, Arr<float> feat, int pos0) {
+                 const int H = e.config().hidden;
+                 need_2d(emb, "emb");
+                 need_2d(feat, "feat");
+                 if (emb.shape(1) != H || feat.shape(1) != H || emb.shape(0) != feat.shape(0))
+                     throw py::value_error("emb and feat must both be [m, hidden]");
+                 const int m = (int)emb.shape(0);
+                 py::array_t<float> out({m, H});
+                 {
+                     py::gil_scoped_release nogil;
+                     e.extend(emb.data(), feat.data(), m, pos0, out.mutable_data());
+                 }
+                 return out;
+             },
+             "Appends m true pairs at positions pos0.. to the cache; returns their output features [m, hidden].")
+        .def("level", [](EagleLayer& e, Arr<float> emb, Arr<float> feat, Arr<int32_t> pos, Arr<int32_t> parent) {
+                 const int H = e.config().hidden;
+                 need_2d(emb, "emb");
+                 need_2d(feat, "feat");
+                 const int n = (int)emb.shape(0);
+                 if (emb.shape(1) != H || feat.shape(1) != H || feat.shape(0) != n || pos.size() != n ||
+                     parent.size() != n)
+                     throw py::value_error("emb, feat [n, hidden], pos and parent_entry [n] must agree");
+                 py::array_t<float> out({n, H});
+                 {
+                     py::gil_scoped_release nogil;
+                     e.level(emb.data(), feat.data(), pos.data(), parent.data(), n, out.mutable_data());
+                 }
+                 return out;
+             },
+             "One tree level: n scratch entries (parent_entry: the scratch entry of each node's parent, -1 for the "
+             "root's children); returns their output features [n, hidden].")
+        .def("logits", [](EagleLayer& e, Arr<float> x) {
+                 need_2d(x, "x");
+                 if (x.shape(1) != e.config().hidden) throw py::value_error("x must be [m, hidden]");
+                 const int m = (int)x.shape(0);
+                 py::array_t<float> out({m, e.vocab()});
+                 {
+                     py::gil_scoped_release nogil;
+                     e.logits(x.data(), m, out.mutable_data());
+                 }
+                 return out;
+             })
+        .def("reset", &EagleLayer::reset)
+        .def("clear_scratch", &EagleLayer::clear_scratch)
+        .def_property_readonly("cache_len", &EagleLayer::cache_len)
+        .def_property_readonly("scratch_len", &EagleLayer::scratch_len)
+        .def("cache", [](const EagleLayer& e) {
+                 const auto& c = e.config();
+                 const int n = e.cache_len();
+                 py::array_t<float> k({n, c.n_kv, c.head_dim}), v({n, c.n_kv, c.head_dim});
+                 std::copy_n(e.cache_k().data(), (size_t)n * c.n_kv * c.head_dim, k.mutable_data());
+                 std::copy_n(e.cache_v().data(), (size_t)n * c.n_kv * c.head_dim, v.mutable_data());
+                 return py::make_tuple(k, v);
+             }, "The cache's keys (after RoPE) and values, [n, kv heads, head_dim] each.");
 
     mod.def("quantize_acts", [](Arr<float> x) {
             need_2d(x, "activations");

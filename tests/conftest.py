@@ -55,6 +55,20 @@ PROMPTS = [
 ]
 
 
+def watch_grow(drafter) -> list:
+    """Records (tree size, room the decoder gave) of every per-step tree the drafter grows."""
+    seen = []
+    grow = drafter.grow
+
+    def watched(hidden, context, room, deepest):
+        tree, tokens, e = grow(hidden, context, room, deepest)
+        seen.append((len(tree), room))
+        return tree, tokens, e
+
+    drafter.grow = watched
+    return seen
+
+
 def stock_tokens(llm, prompt_tokens, n, **kw):
     """Stock generate() output: the first n tokens (or up to end of generation)."""
     out = []

@@ -62,3 +62,33 @@ def test_gemm_rejects_mismatched_shapes():
         _native.ternary_gemm(np.zeros((4, 32), np.uint8), np.ones(4, np.float32), q, s, sm)
     with pytest.raises(ValueError, match="multiple of 128"):
         _native.ternary_gemm(np.zeros((4, 16), np.uint8), np.ones(4, np.float32), q[:, :64], s, sm)
+
+
+def test_no_kernel_runs_past_its_roofline_probe():
+    """The probes bound what they claim to bound, on the machine the test runs on: at BitNet-2B-4T's shapes (8
+    layers, 139 MB of weights, beyond the caches), M = 1 streams no faster than read_bandwidth and M = 2..8 multiply
+    no faster than the int8_peak of the kernel's instruction. The slack (15%) covers timing noise between the two
+    measurements on a shared VM; a probe that measured the wrong thing was off by 15-23% (a kernel at 115-123%)."""
+    import os
+
+    from llama_medusa.commands.bitnet_bench import KERNEL_INSTRUCTION, LAYER
+
+    threads = os.cpu_count() or 1
+    read = _native.read_bandwidth(0.3, threads)
+    rng = np.random.default_rng(0)
+    mats = [rng.integers(0, 256, (n, k // 4), dtype=np.uint8) & 0xAA for _ in range(8) for n, k in LAYER]
+    wbytes = sum(m.nbytes for m in mats)
+    checked = 0
+    for kernel in _native.ternary_kernels():
+        if kernel == "scalar":
+            continue
+        peak = _native.int8_peak(0.3, threads, KERNEL_INSTRUCTION[kernel])
+        for M in (1, 2, 4, 8):
+            acts = {k: _native.quantize_acts(rng.standard_normal((M, k)).astype(np.float32)) for k in {2560, 6912}}
+            t = _native.ternary_sequence_timed(mats, acts, threads, 2, kernel)
+            if M == 1:
+                assert wbytes / t <= 1.15 * read, (kernel, wbytes / t / 1e9, read / 1e9)
+            else:
+                assert wbytes * 4 * M / t <= 1.15 * peak, (kernel, M, wbytes * 4 * M / t / 1e9, peak / 1e9)
+            checked += 1
+    assert checked >= 4

@@ -201,3 +201,19 @@ def test_cli_trains_on_the_users_prompt_file(model_path, tmp_path):
     heads = MedusaHeads.load(str(out))
     assert heads.meta["train_prompts"] == 20 and heads.meta["trained_on"] == os.path.basename(model_path)
     heads.check_model(576, 49152)  # raises on a mismatch
+
+
+def test_bench_variants_table(model_path, tmp_path):
+    """--variants: several drafters and trees beside stock in one run, each with its identity count."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Name three colors.\n")
+    out = tmp_path / "v.json"
+    r = run_cli("bench", "--model", model_path, "--prompts", str(prompts), "--max-tokens", "16", "--runs", "1",
+                "--variants", "shipped:chain-2,shipped:per-step", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert [row["variant"] for row in res["rows"]] == ["shipped:chain-2", "shipped:per-step"]
+    assert all(row["identical"] == "1/1" for row in res["rows"])
+    assert res["rows"][1]["per_step_tree"] and not res["rows"][0]["per_step_tree"]
+    assert all(row["tokens_per_pass"] >= 1.0 and row["draft_ms_per_step"] > 0 for row in res["rows"])
+    assert "| shipped:per-step |" in r.stdout and res["threads"][0] >= 1

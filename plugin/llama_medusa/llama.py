@@ -36,11 +36,15 @@ class Llama(llama_cpp.Llama):
 
     Extra arguments (all keyword-only):
         medusa_heads: "auto" (the heads that ship for this model, recognised by what the model is), a path of a
-            heads file (any supported format), a MedusaHeads, or a drafter object with ``propose(hidden, tokens,
-            k)``. None: heads embedded in the model file if any, else plain llama-cpp-python behaviour.
-        medusa_choices: the candidate tree: "auto" (default: measure this machine's verify cost and pick the tree
-            with the most expected tokens per second, or plain decoding when none wins; see llm.medusa_auto), a
-            preset ("small", "mc_sim_7b_63", "chain-N"), or a list of rank paths as in FasterDecoding/Medusa.
+            heads file (any supported format, EAGLE-1/2 checkpoints included), a MedusaHeads or EagleHeads, or a
+            drafter object with ``propose(hidden, tokens, k)``. None: heads embedded in the model file if any, else
+            plain llama-cpp-python behaviour.
+        medusa_choices: the candidate tree: "auto" (default: measure this machine's verify cost; when heads pay,
+            grow a tree every step from their calibrated probabilities, sized on that cost curve, or for heads that
+            cannot grow one the fixed tree with the most expected tokens per second; else plain decoding or the
+            lookup alone; see llm.medusa_auto), "auto-static" (the fixed tree `auto` prices, every step),
+            "per-step" (a tree grown every step, unpriced), a preset ("small", "mc_sim_7b_63", "chain-N"), or a
+            list of rank paths as in FasterDecoding/Medusa, verified as given at every step.
         medusa_top_k: candidates taken from each head (default: the largest rank the tree uses, plus one).
         medusa_proj_dtype: storage of the vocabulary projection in the native head evaluator: "i8" (default),
             "f16" or "f32".
@@ -145,6 +149,8 @@ class Llama(llama_cpp.Llama):
 
     @property
     def medusa_tree(self) -> Optional[Tree]:
+        """The tree each step verifies; with a per-step tree (medusa_auto["per_step_tree"]) the largest one a
+        step may grow, which the context is sized for."""
         return self._medusa.tree if self._medusa else None
 
     def replay_lookup(self, texts) -> Optional[List[float]]:
@@ -255,9 +261,12 @@ def _check_arguments(heads, top_k, max_batch, lookup, threshold, alpha) -> None:
     def whole(x):
         return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
-    if not (isinstance(heads, (str, os.PathLike, MedusaHeads)) or hasattr(heads, "propose")):
-        raise TypeError(f"medusa_heads must be \"auto\", a heads file path, a MedusaHeads or an object with "
-                        f"propose(); got {type(heads).__name__}")
+    from .heads.eagle import EagleHeads
+
+    if not (isinstance(heads, (str, os.PathLike, MedusaHeads, EagleHeads)) or hasattr(heads, "propose")
+            or hasattr(heads, "grow")):
+        raise TypeError(f"medusa_heads must be \"auto\", a heads file path, a MedusaHeads, EagleHeads or an object "
+                        f"with propose(); got {type(heads).__name__}")
     if top_k is not None and not (whole(top_k) and top_k >= 1):
         raise ValueError(f"medusa_top_k must be an integer >= 1 (candidates per head), got {top_k!r}")
     if not whole(max_batch):

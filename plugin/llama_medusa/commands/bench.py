@@ -181,7 +181,8 @@ def run_bench(model: Optional[str] = None, heads: Optional[str] = None, prompts:
         "machine": {"cpu": autotree.cpu_name(), "cores": os.cpu_count(), **roof},
         "model": os.path.basename(model), "heads": os.path.basename(str(heads)),
         "choices": choices if isinstance(choices, str) else "custom",
-        "tree": tree.choices, "tree_nodes": len(tree), "lookup": lookup, "runs": runs, "max_tokens": max_tokens,
+        "tree": tree.choices, "tree_nodes": len(tree), "lookup": lookup,
+        "per_step_tree": (med.medusa_auto or {}).get("per_step_tree"), "runs": runs, "max_tokens": max_tokens,
         "verify_cost_ms": {str(k): v * 1e3 for k, v in cost.items()},
         "verify_cost_ratio": {str(k): v / cost[1] for k, v in cost.items()},
         "speedup_median": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
@@ -360,11 +361,23 @@ def main(args) -> int:
     prompts = None
     if args.prompts:
         prompts = read_prompts(args.prompts)
+    if args.variants:  # several drafters and trees side by side with stock (compare.py)
+        from .compare import run_compare, table
+
+        res = run_compare(args.model, args.variants.split(","), prompts or DEFAULT_PROMPTS, args.max_tokens, args.runs,
+                          args.threads, args.threads_batch, lookup=args.lookup or 0,
+                          log=lambda msg: print(msg, file=sys.stderr))
+        print(table(res))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return 0 if all(r["identical"].split("/")[0] == r["identical"].split("/")[1] for r in res["rows"]) else 1
     sweep = SWEEP_TREES if args.sweep else ()
     s = run_bench(model=args.model, heads=args.heads, prompts=prompts, max_tokens=args.max_tokens, runs=args.runs,
                   choices=args.choices, n_threads=args.threads, n_threads_batch=args.threads_batch,
                   peer=not args.no_peer, sweep=sweep, log=lambda msg: print(msg, file=sys.stderr),
-                  n_gpu_layers=args.n_gpu_layers, lookup=args.lookup, thread_peers=not args.no_thread_peers,
+                  n_gpu_layers=args.n_gpu_layers, lookup=8 if args.lookup is None else args.lookup,
+                  thread_peers=not args.no_thread_peers,
                   llama_bench=args.llama_bench or shutil.which("llama-bench"))
     print(format_table(s))
     if args.json:

@@ -19,8 +19,11 @@ def main(argv=None) -> int:
     b.add_argument("--runs", type=int, default=3, help="runs per prompt; the median is reported")
     b.add_argument("--choices", default="auto", help="tree: auto (default), small, mc_sim_7b_63, chain-N")
     b.add_argument("--sweep", action="store_true", help="also time a set of fixed trees, to check what auto chose")
-    b.add_argument("--lookup", type=int, default=8,
-                   help="most tokens of the context-lookup branch grafted onto each tree (0: heads alone)")
+    b.add_argument("--variants", help="comma-separated HEADS[:CHOICES] (HEADS: a heads file, an EAGLE file or "
+                                      "checkpoint, or 'shipped'; CHOICES default auto), each side by side with "
+                                      "stock on the same threads; the lookup is off unless --lookup is given")
+    b.add_argument("--lookup", type=int, default=None,
+                   help="most tokens of the context-lookup branch grafted onto each tree (default 8; 0: heads alone)")
     b.add_argument("--no-peer", action="store_true", help="skip llama-cpp-python's prompt-lookup speculation column")
     b.add_argument("--plot", help="draw tokens/s, acceptance and the cost curve to this PNG (needs matplotlib)")
     b.add_argument("--threads", type=int, default=None, help="single-token decode threads (llama-cpp-python's default)")
@@ -52,6 +55,11 @@ def main(argv=None) -> int:
                    help="weight of the backbone's own distribution in the target (0: its greedy token only)")
     t.add_argument("--plain", action="store_true",
                    help="plain Medusa heads (no token conditioning; the GPU module evaluates only these)")
+    t.add_argument("--type", choices=("hydra", "eagle"), default="hydra",
+                   help="hydra: token-conditioned Medusa heads (numpy); eagle: an EAGLE draft layer (JAX, the "
+                        "`train` extra)")
+    t.add_argument("--max-prompts", type=int, default=None, help="answer only the first N prompts (every k-th of "
+                                                                 "the list, so all kinds stay)")
 
     q = sub.add_parser("requantize", help="copy a GGUF into another weight type with llama.cpp's quantize API")
     q.add_argument("src")
@@ -112,6 +120,18 @@ def main(argv=None) -> int:
         from .train import ANSWER_TOKENS, train
 
         prompts = read_prompts(args.prompts) if args.prompts else None
+        if args.max_prompts:
+            from .prompts import generic_prompts
+
+            prompts = prompts or generic_prompts(args.model or default_model_path())
+            prompts = prompts[:: max(1, len(prompts) // args.max_prompts)][: args.max_prompts]
+        if args.type == "eagle":
+            from .train_eagle import train as train_eagle
+
+            train_eagle(args.model or default_model_path(), args.out, prompts=prompts, held_out=args.held_out,
+                        max_tokens=args.max_tokens or ANSWER_TOKENS, seed=args.seed, epochs=args.epochs,
+                        log=lambda m: print(m, file=sys.stderr))
+            return 0
         train(args.model or default_model_path(), args.out, n_heads=args.heads, prompts=prompts, held_out=args.held_out,
               max_tokens=args.max_tokens or ANSWER_TOKENS, seed=args.seed, epochs=args.epochs, inner=args.inner,
               soft=args.soft, conditioned=not args.plain, log=lambda m: print(m, file=sys.stderr))

@@ -310,6 +310,36 @@ def accuracy(heads, model_path: str, data, top_k: int = 10, proj=None, embedding
     return (hits / np.maximum(count, 1)[:, None]).tolist()
 
 
+def calibration(heads, model_path: str, data, proj=None, embedding=None, max_rows: int = 4000):
+    """A softmax temperature per head fitted on held-out answers (drafting/calibration.py), for token-conditioned
+    heads sharing the backbone's projection (the per-step tree's probabilities): each head's logits over the draft
+    vocabulary given the true tokens before its target. Returns (temperatures, stats per head)."""
+    from ..backbones.gguf_tensors import TokenEmbedding, read_output_matrix
+    from ..drafting.calibration import calibrate
+
+    proj = read_output_matrix(model_path) if proj is None else proj
+    embedding = TokenEmbedding.from_gguf(model_path) if embedding is None else embedding
+    eng = heads.engine(model_path, heads.hidden_size, proj.shape[0], "i8", backbone_proj=proj)
+    local = np.full(proj.shape[0], -1, np.int64)
+    dv = heads.draft_vocab if heads.draft_vocab is not None else np.arange(proj.shape[0])
+    local[dv] = np.arange(len(dv))
+    logits, targets = [], []
+    for k in range(heads.n_heads):
+        zs, ts = [], []
+        for toks, states, n_prompt in data:
+            t = np.arange(max(n_prompt - 1, 0), len(toks) - 2 - k)
+            if len(t) == 0:
+                continue
+            emb = np.stack([embedding.rows(toks[t + 1 + j]) for j in range(k + 1)], axis=1).astype(np.float32)
+            st = eng.head_states(np.ascontiguousarray(states[t], np.float32), head=k, emb=emb)[:, 0]
+            zs.append(eng.project(0, np.ascontiguousarray(st)))
+            ts.append(local[toks[t + 2 + k]])
+        z, tt = np.concatenate(zs)[:max_rows], np.concatenate(ts)[:max_rows]
+        logits.append(z)
+        targets.append(tt)
+    return calibrate(logits, targets)
+
+
 def train(model_path: str, out_path: str, n_heads: int = 3, max_tokens: int = ANSWER_TOKENS, held_out: int = 32,
           prompts: Optional[Sequence[str]] = None, epochs: int = 3, draft_vocab: int = 8192, seed: int = 0,
           n_threads: Optional[int] = None, conditioned: bool = True, soft: float = 1.0, inner: int = 1024,
@@ -373,6 +403,9 @@ def measure_and_save(heads, model_path: str, out_path: str, split_data, meta: di
     heads.reference, heads.reference_prompt_tokens = reference_texts(val_data)
     acc = accuracy(heads, model_path, val_data, proj=proj, embedding=embedding)
     acc_split = accuracy(heads, model_path, split_data, proj=proj, embedding=embedding)
+    if heads.conditioned and heads.shared_projection:
+        temps, stats = calibration(heads, model_path, val_data, proj, embedding)
+        meta = dict(meta, temperature=temps, calibration=stats)
     heads.save(out_path, extra_meta=dict(meta, top_k_accuracy=acc, top_k_accuracy_split=acc_split,
                                          validation_prompts=len(VALIDATION_PROMPTS)), half=True)
     log("top-1 accuracy per head, validation prompts: " + ", ".join(f"{a[0]:.2f}" for a in acc)

@@ -47,6 +47,8 @@ class Decode:
         llm.medusa_stats = self.stats
         if spec.lookup is not None:
             spec.lookup.reset()  # hit rates are per text
+        if hasattr(spec.drafter, "reset"):
+            spec.drafter.reset()  # a drafter's own cache (EAGLE's) covers this text only
 
     def run(self):
         llm = self.llm
@@ -143,7 +145,13 @@ class Decode:
         deepest = n_ctx - 1 - P
         tree = spec.tree_within(room, deepest)
         context = self.llm.input_ids[: P + 1]  # a view, no copy
-        if hidden is None or len(tree) == 1:
+        if hidden is not None and spec.dynamic:  # a tree grown for this step (it may be the root alone)
+            t1 = time.perf_counter()
+            grown, tokens, _ = spec.drafter.grow(hidden, context, room, deepest)
+            d = Draft(grown, tokens)
+            d.heads_s = time.perf_counter() - t1
+            self.stats.time_heads += d.heads_s
+        elif hidden is None or len(tree) == 1:
             d = Draft(spec.tree_within(1, 0), [root])
         else:
             t1 = time.perf_counter()
@@ -228,7 +236,12 @@ class Decode:
         if llm._logits_all:
             for k, r in enumerate(rows):
                 llm.scores[P + k, :] = r
-        new_hidden = self.backbone.node_hidden(path[-1]) if spec.need_hidden else None
+        if not spec.need_hidden:
+            new_hidden = None
+        elif spec.path_states:  # the drafter extends its own cache with every accepted token's state
+            new_hidden = np.stack([self.backbone.node_hidden(i) for i in path])
+        else:
+            new_hidden = self.backbone.node_hidden(path[-1])
         self.backbone.keep(P, d.tree, path)
         llm.n_tokens = P + len(path)
         llm._requires_eval = False

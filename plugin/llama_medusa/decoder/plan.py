@@ -8,11 +8,14 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..backbones.gguf_tensors import read_output_matrix
 from ..drafting import answers, autotree, lookup
 from ..drafting.drafter import HeadsDrafter
+from ..drafting.eagle import EagleDrafter
 from ..drafting.lookup import LookupGate
 from ..drafting.tree import Tree
 from ..heads import MedusaHeads
+from ..heads.eagle import EagleHeads, is_eagle
 from .speculation import Speculation
 
 # Thread settings other than the chosen one are compared on these sizes only: trees past 16 nodes never pay on a
@@ -22,11 +25,20 @@ SEARCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 
 def drafter_for(llm, backbone, medusa_heads, proj_dtype: str, device: str):
     """medusa_heads (a drafter, a MedusaHeads or a path) as a drafter bound to this backbone."""
-    if hasattr(medusa_heads, "propose"):
+    if hasattr(medusa_heads, "propose") or hasattr(medusa_heads, "grow"):
         return medusa_heads
-    heads = medusa_heads if isinstance(medusa_heads, MedusaHeads) else MedusaHeads.load(medusa_heads)
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"medusa_device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    if isinstance(medusa_heads, EagleHeads) or (not isinstance(medusa_heads, MedusaHeads) and is_eagle(medusa_heads)):
+        heads = medusa_heads if isinstance(medusa_heads, EagleHeads) else EagleHeads.load(medusa_heads)
+        if device == "gpu":
+            raise ValueError(f"EAGLE heads {heads.source} run on the CPU only: use medusa_device='cpu' or 'auto'")
+        heads.check_model(backbone.n_embd, llm._n_vocab)
+        proj = backbone.projection(heads)
+        if proj is None:
+            proj = read_output_matrix(llm.model_path)
+        return EagleDrafter(heads, backbone.token_embedding(), proj)
+    heads = medusa_heads if isinstance(medusa_heads, MedusaHeads) else MedusaHeads.load(medusa_heads)
     engine = heads.engine(
         llm.model_path, backbone.n_embd, llm._n_vocab, proj_dtype, n_threads=llm.n_threads_batch,
         backbone_proj=backbone.projection(heads), device=backbone.heads_device(device, heads),
@@ -48,13 +60,37 @@ def plan(llm, backbone, drafter, choices, top_k: Optional[int], max_batch: int, 
         return LookupGate(lookup_tokens, heads_top1=top1, answers=index, **priced) if lookup_tokens else None
 
     gate = make_gate()
-    if isinstance(choices, str) and choices == "auto":
+    grows = False
+    if isinstance(choices, str) and choices in ("auto", "auto-static"):
         a = _auto(llm, backbone, drafter, top_k or 10, max_batch, fixed_threads, make_gate)
+        per_step = choices == "auto" and getattr(drafter, "can_grow", False)
         choices, gate = a["choices"], a.pop("gate")
+        if choices and per_step:  # a tree per step, sized on the curve `auto` measured
+            drafter.cost, drafter.overhead_s = a["cost_s"], a["step_overhead_s"]
+            drafter.max_nodes = min(drafter.max_nodes, max_batch - 1 - drafter.n_heads)
+            choices = _capacity(drafter)
+            a["per_step_tree"] = dict(max_nodes=drafter.max_nodes, beam=drafter.beam, depth=drafter.n_heads)
+            grows = True
+    elif isinstance(choices, str) and choices == "per-step":  # grown every step, every node kept (no pricing)
+        if not getattr(drafter, "can_grow", False):
+            raise ValueError("medusa_choices='per-step' needs heads that give each node's children with "
+                             "probabilities: EAGLE heads, or token-conditioned heads sharing the backbone's "
+                             "output matrix")
+        drafter.max_nodes = min(drafter.max_nodes, max_batch - 1 - drafter.n_heads)
+        choices, grows = _capacity(drafter), True
     tree = Tree(choices, n_heads=drafter.n_heads, top_k=top_k)
     if isinstance(drafter, HeadsDrafter):
         drafter.max_depth = max(tree.depth, 1)  # its propose() then skips heads the tree never reads
-    return Speculation(drafter, tree, top_k or max(tree.top_k, 1), typical, max_batch, gate)
+    spec = Speculation(drafter, tree, top_k or max(tree.top_k, 1), typical, max_batch, gate)
+    spec.dynamic = grows
+    return spec
+
+
+def _capacity(drafter) -> List[Tuple[int, ...]]:
+    """A tree as large as any the drafter may grow (max_nodes nodes, n_heads deep): what the context's sequences
+    and batch are sized for."""
+    chain = [(0,) * d for d in range(1, drafter.n_heads + 1)]
+    return chain + [(r,) for r in range(1, max(drafter.max_nodes - len(chain), 0) + 1)]
 
 
 def _auto(llm, backbone, drafter, top_k: int, max_batch: int, fixed_threads, make_gate) -> Dict:

@@ -20,6 +20,9 @@ class Speculation:
         self.typical = typical  # (posterior_threshold, posterior_alpha) or None
         self.lookup = lookup
         self.lookup_tokens = lookup.max_tokens if lookup is not None else 0
+        # the drafter grows its own tree each step (EAGLE under `auto`): `tree` is then the largest it may grow
+        self.dynamic = False
+        self.path_states = bool(getattr(drafter, "wants_path_states", False))
         self.max_depth = max(tree.depth, self.lookup_tokens)  # deepest node a step can accept
         self.need_hidden = len(tree) > 1  # the heads read final-norm states; a lookup-only step needs none
         self._limited = {}
@@ -35,7 +38,8 @@ class Speculation:
     @property
     def n_seq(self) -> int:
         """KV sequences a verify pass needs: one per leaf, and the lookup branch adds at most one leaf."""
-        return max(1, self.tree.n_leaves) + (self.lookup is not None)
+        leaves = len(self.tree) - 1 if self.dynamic else self.tree.n_leaves  # a grown tree may be all leaves
+        return max(1, leaves) + (self.lookup is not None)
 
     @property
     def batch_capacity(self) -> int:

@@ -6,6 +6,8 @@ from typing import Dict, List, Protocol
 
 import numpy as np
 
+from .pertree import PerStepTree
+
 
 class Drafter(Protocol):
     n_heads: int  # deepest tree level it can fill
@@ -16,7 +18,7 @@ class Drafter(Protocol):
         ...
 
 
-class HeadsDrafter:
+class HeadsDrafter(PerStepTree):
     """Medusa heads evaluated by the native engine: head d proposes the token d+1 places after the root.
 
     Token-conditioned heads (``heads.cond``) also see the embeddings of the tokens between the hidden state and
@@ -28,6 +30,7 @@ class HeadsDrafter:
     (set by Llama to its tree's depth; `fill` reads the tree's own depth)."""
 
     def __init__(self, heads, engine, embedding=None):
+        PerStepTree.__init__(self)
         self.heads = heads
         self.engine = engine
         self.n_heads = heads.n_heads
@@ -101,3 +104,47 @@ class HeadsDrafter:
                 self._rows.clear()
             row = self._rows[t] = self.embedding.rows(toks)[0]
         return row
+
+    # ------------------------------------------------------------------ the per-step tree
+    @property
+    def can_grow(self) -> bool:
+        """Token-conditioned heads that share the backbone's projection (the shipped kind) give each node's
+        children from its own path with probabilities, which a per-step tree needs."""
+        return self.heads.conditioned and all(p is None for p in self.heads.proj)
+
+    def probs(self, hidden: np.ndarray, emb: np.ndarray, head: int) -> np.ndarray:
+        """Calibrated softmax over the draft vocabulary of head `head` for rows (hidden, path embeddings)."""
+        states = self.engine.head_states(hidden, head=head, emb=emb)[:, 0]
+        z = self.engine.project(0, np.ascontiguousarray(states))
+        temps = self.heads.meta.get("temperature") or [1.0]
+        z *= 1.0 / float(temps[min(head, len(temps) - 1)])
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        return p
+
+    def grow(self, hidden: np.ndarray, context: np.ndarray, max_nodes: int, max_depth: int):
+        """This step's tree (pertree.PerStepTree): head d gives the children of each depth-d node from its own
+        path's embeddings."""
+        import time
+
+        root = int(context[-1])
+        h = np.ascontiguousarray(hidden, dtype=np.float32).reshape(1, -1)
+        depth_cap = min(self.n_heads, max_depth)
+        max_nodes = min(max_nodes - 1, self.max_nodes)
+        if depth_cap < 1 or max_nodes < 1:
+            return self._tree([], root)
+        path_emb = {-1: self._embed(np.array([root]))[None, :]}
+
+        def level(nodes, toks, parent, d):
+            t1 = time.perf_counter()
+            for i in nodes:
+                path_emb[i] = np.concatenate([path_emb[parent[i]], self._embed(np.array([toks[i]]))[None, :]])
+            p = self.probs(np.repeat(h, len(nodes), axis=0), np.stack([path_emb[i] for i in nodes]), d - 1)
+            dt = time.perf_counter() - t1
+            self.level_s = dt if self.level_s == 0 else 0.9 * self.level_s + 0.1 * dt
+            return p
+
+        return self.grow_from(self.probs(h, path_emb[-1][None], 0)[0], level, root, depth_cap, max_nodes,
+                              self.heads.token_ids)
+

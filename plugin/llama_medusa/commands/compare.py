@@ -1,0 +1,124 @@
+"""`llama-medusa bench --variants`: several drafters and trees side by side with stock, in one run.
+
+Each variant is HEADS[:CHOICES] (HEADS: a heads file, an EAGLE file or checkpoint, or "shipped"; CHOICES: any
+medusa_choices, default "auto"). Every engine runs on the same thread settings (the machine's default unless
+given), prompts are interleaved engine by engine, and each figure is the median of `runs`. Per variant: tokens per
+pass, speedup over stock, draft time per step as a fraction of stock's t(1), and whether every output was identical.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Dict, List, Optional, Sequence
+
+
+def parse_variant(text: str):
+    heads, _, choices = text.partition(":")
+    return heads, (choices or "auto")
+
+
+def run_compare(model: Optional[str], variants: Sequence[str], prompts: Sequence[str], max_tokens: int = 128,
+                runs: int = 3, n_threads: Optional[int] = None, n_threads_batch: Optional[int] = None,
+                n_ctx: int = 2048, lookup: int = 0, log=print) -> Dict:
+    import llama_cpp
+
+    from ..default_model import check_model_path, default_model_path
+    from ..drafting import autotree
+    from ..llama import Llama
+    from .bench import _timed_chat, roofline
+
+    model = model or default_model_path()
+    check_model_path(model)
+    common = dict(n_ctx=n_ctx, flash_attn=True, verbose=False, n_threads=n_threads, n_threads_batch=n_threads_batch)
+    stock = llama_cpp.Llama(model, **common)
+    common.update(n_threads=stock.n_threads, n_threads_batch=stock.n_threads_batch)  # one setting for all sides
+    engines = {"stock": stock}
+    for v in variants:
+        heads, choices = parse_variant(v)
+        engines[v] = Llama(model, medusa_heads="auto" if heads == "shipped" else heads, medusa_choices=choices,
+                           medusa_lookup=lookup, **common)
+    t1 = autotree.cost_curve(engines[variants[0]], sizes=(1,))[1] if variants else None
+    roof = roofline()
+    per: Dict[str, Dict[str, List]] = {k: {"tok_s": [], "tpp": [], "draft": [], "same": []} for k in engines}
+    for i, p in enumerate(prompts):
+        times: Dict[str, List[float]] = {k: [] for k in engines}
+        texts, ntok = {}, {}
+        for _ in range(runs):
+            for name, llm in engines.items():
+                t0 = time.perf_counter()
+                texts[name], ntok[name], dt, _ = _timed_chat(llm, p, max_tokens)
+                times[name].append(dt if dt else time.perf_counter() - t0)
+        for name, llm in engines.items():
+            per[name]["tok_s"].append(ntok[name] / statistics.median(times[name]))
+            per[name]["same"].append(texts[name] == texts["stock"])
+            st = getattr(llm, "medusa_stats", None)
+            if name != "stock" and st is not None:
+                per[name]["tpp"].append(st.tokens / st.steps if st.steps else 1.0)
+                per[name]["draft"].append(st.time_heads / st.steps if st.steps else 0.0)
+        log(f"[{i + 1}/{len(prompts)}] " + ", ".join(f"{k} {per[k]['tok_s'][-1]:.1f}" for k in engines) + " tok/s")
+    rows = []
+    base = per["stock"]["tok_s"]
+    for name in variants:
+        d = per[name]
+        ratios = [a / b for a, b in zip(d["tok_s"], base)]
+        auto = getattr(engines[name], "medusa_auto", None) or {}
+        rows.append({"variant": name, "speedup_median": statistics.median(ratios), "speedup_min": min(ratios),
+                     "tokens_per_pass": statistics.median(d["tpp"]) if d["tpp"] else 1.0,
+                     "draft_ms_per_step": 1e3 * statistics.median(d["draft"]) if d["draft"] else 0.0,
+                     "draft_vs_t1": (statistics.median(d["draft"]) / t1) if (d["draft"] and t1) else 0.0,
+                     "identical": f"{sum(d['same'])}/{len(d['same'])}",
+                     "per_step_tree": "per_step_tree" in auto or getattr(engines[name]._medusa, "dynamic", False)
+                     if engines[name]._medusa else False,
+                     "tok_s_median": statistics.median(d["tok_s"])})
+    return {"model": model, "threads": [common["n_threads"], common["n_threads_batch"]],
+            "stock_tok_s_median": statistics.median(base), "t1_ms": (t1 or 0) * 1e3, "roofline": roof,
+            "cpu": autotree.cpu_name(), "rows": rows, "prompts": len(prompts), "runs": runs,
+            "max_tokens": max_tokens}
+
+
+def table(res: Dict) -> str:
+    out = [f"{res['cpu']}, threads {res['threads']}, stock {res['stock_tok_s_median']:.1f} tok/s, t(1) "
+           f"{res['t1_ms']:.2f} ms, {res['prompts']} prompts x {res['runs']} runs, {res['max_tokens']} tokens",
+           "| variant | tokens/pass | speedup (median, min) | draft ms/step (of t(1)) | identical |",
+           "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        out.append(f"| {r['variant']} | {r['tokens_per_pass']:.2f} | {r['speedup_median']:.2f}x, "
+                   f"{r['speedup_min']:.2f}x | {r['draft_ms_per_step']:.2f} ({r['draft_vs_t1']:.0%}) | "
+                   f"{r['identical']} |")
+    return "\n".join(out)
+
+
+def offline_walk(drafter, texts, tree, k: int = 10) -> Dict[str, float]:
+    """Tokens per pass of the heads alone over greedy answers, exactly as the decoder would step through them
+    with this fixed tree (greedy verification accepts the longest path that matches the answer; the backbone's
+    token after it is the bonus). texts: (tokens, states, prompt length) from train.collect: the states stand in
+    for the verify pass. Also head 0's top-1 rate over every step. Needs no backbone."""
+    import numpy as np
+
+    steps = tokens = hits0 = 0
+    for toks, states, n_prompt in texts:
+        toks = np.asarray(toks)
+        if hasattr(drafter, "reset"):
+            drafter.reset()
+        p = n_prompt  # the root's position: the first answer token (the decoder's first step is plain)
+        prev = p  # states handed over start here (EAGLE's cache), as after that first plain step
+        while p < len(toks) - 1:
+            context = toks[: p + 1]
+            hidden = states[prev:p] if getattr(drafter, "wants_path_states", False) else states[p - 1]
+            if p == prev:
+                acc = 0  # the first step is plain: the prompt's decode gives no state to draft from
+            else:
+                filled = drafter.fill(hidden, context, tree, k)
+                node, acc = 0, 0
+                while True:
+                    nxt = next((c for c in tree.nodes[node].children
+                                if p + acc + 1 < len(toks) and filled[c] == toks[p + acc + 1]), None)
+                    if nxt is None:
+                        break
+                    node, acc = nxt, acc + 1
+                hits0 += any(filled[c] == toks[p + 1] for c in tree.nodes[0].children[:1]) if p + 1 < len(toks) else 0
+                steps += 1
+                tokens += acc + 1
+            prev = p
+            p += acc + 1
+    return {"tokens_per_pass": tokens / max(steps, 1), "head0_top1": hits0 / max(steps, 1), "steps": steps}
