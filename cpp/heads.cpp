@@ -87,6 +87,15 @@ void rows_all(const Matrix& P, const float* xf, const int8_t* xq, const float* x
         with_width(m - j0, [&](auto mc) { rows_chunk<decltype(mc)::value>(P, xf, xq, xs, j0, r0, r1, sink); });
 }
 
+// Rows [r0, r1) of out [m, P.rows] = x [m, P.cols] . P^T (xq/xs: x quantised by quantize_rows when P is int8).
+void project_range(const Matrix& P, const float* x, const int8_t* xq, const float* xs, int m, int r0, int r1,
+                   float* out) {
+    auto sink = [&](int row, int j0, int mc, const float* vals) {
+        for (int j = 0; j < mc; j++) out[(size_t)(j0 + j) * P.rows + row] = vals[j];
+    };
+    rows_all(P, x, xq, xs, m, r0, r1, sink);
+}
+
 // A bounded min-heap keeping the k best (score, id) pairs; ties go to the lower id, as np.argsort(-x, stable) does.
 struct TopK {
     int k = 0;
@@ -133,11 +142,8 @@ void matmul_rows(const Matrix& P, const float* x, int m, float* out, ThreadPool&
     const int tasks = std::max(1, std::min(pool.size(), P.rows / 64));
     const int chunk = (P.rows + tasks - 1) / tasks;
     pool.run(tasks, [&](int t) {
-        const int r0 = std::min(P.rows, t * chunk), r1 = std::min(P.rows, (t + 1) * chunk);
-        auto sink = [&](int row, int j0, int mc, const float* vals) {
-            for (int j = 0; j < mc; j++) out[(size_t)(j0 + j) * P.rows + row] = vals[j];
-        };
-        rows_all(P, x, xq.data(), xs.data(), m, r0, r1, sink);
+        project_range(P, x, xq.data(), xs.data(), m, std::min(P.rows, t * chunk), std::min(P.rows, (t + 1) * chunk),
+                      out);
     });
 }
 
@@ -283,10 +289,7 @@ void HeadsEngine::project(int proj, const float* x, int m, float* logits) const 
     std::vector<float> xs;
     if (P.dtype == DType::I8) quantize_rows(x, m, hidden_, xq, xs);
     parallel_ranges(P.rows, n_threads_, [&](int, int r0, int r1) {
-        auto sink = [&](int row, int j0, int mc, const float* vals) {
-            for (int j = 0; j < mc; j++) logits[(size_t)(j0 + j) * P.rows + row] = vals[j];
-        };
-        rows_all(P, x, xq.data(), xs.data(), m, r0, r1, sink);
+        project_range(P, x, xq.data(), xs.data(), m, r0, r1, logits);
     });
 }
 

@@ -232,18 +232,14 @@ def test_calibration_lowers_ece_on_overconfident_logits():
 
 
 @pytest.fixture(scope="module")
-def eagle_path(model_path, tmp_path_factory):
+def eagle_path(tmp_path_factory):
     """Random EAGLE weights of SmolLM2's shape (the decoder's identity with stock holds for any drafts)."""
-    from llama_medusa.backbones.gguf_tensors import read_output_matrix
-
     cfg = dict(CFG, hidden_size=576, intermediate_size=256, num_attention_heads=9, num_key_value_heads=3)
     d = tmp_path_factory.mktemp("eagle")
     heads = EagleHeads(checkpoint(cfg=dict(cfg, vocab_size=10)), config_of(cfg, "test"))
-    # a draft that copies the feature through and favours common tokens: some drafts hit, most miss
+    # a draft that copies the feature through, over every 7th token: some drafts hit, most miss
     heads.weights["fc.weight"][:, 576:] += np.eye(576, dtype=np.float32) * 4
-    counts = np.zeros(read_output_matrix(model_path).shape[0])
     heads.draft_vocab = np.arange(0, 49152, 7, dtype=np.int32)
-    del counts
     heads.save(str(d / "e.safetensors"), extra_meta={"n_vocab": 49152})
     return str(d / "e.safetensors")
 
@@ -283,7 +279,10 @@ def test_jax_training_learns_the_answers(model_path):
     acc_u = topk_accuracy(*evaluate(untrained, data, proj, E, max_len=64))
     acc_t = topk_accuracy(*evaluate(trained, data, proj, E, max_len=64))
     assert acc_t[0][0] > acc_u[0][0] + 0.2 and acc_t[0][4] > 0.5, (acc_t[0][:5], acc_u[0][:5])
+    from llama_medusa.drafting.tree import Tree
+
     d = EagleDrafter(trained, emb, proj)
     toks, states, n_prompt = data[0]
-    walk = d.walk(toks, states, n_prompt, depth=2, k=5)
-    assert walk.shape == (len(toks) - 1 - n_prompt, 2, 5)
+    tree = Tree("chain-2")
+    filled = d.fill(states[n_prompt : n_prompt + 5], toks[: n_prompt + 6], tree, 5)
+    assert len(filled) == len(tree) and filled[0] == toks[n_prompt + 5]

@@ -10,14 +10,16 @@ from llama_medusa.drafting.pertree import PerStepTree
 def grown(probs_by_level, cost=None, max_nodes=16, beam=4, top_k=4, level_s=0.0):
     """A tree from fixed child distributions: level d gives every node the distribution probs_by_level[d]."""
     p = PerStepTree(beam=beam, top_k=top_k, max_nodes=max_nodes)
-    p.cost, p.level_s = cost, level_s
+    p.cost, p.n_heads = cost, len(probs_by_level)
     calls = []
 
     def level(nodes, toks, parent, d):
         calls.append((d, len(nodes)))
         return np.tile(probs_by_level[d - 1], (len(nodes), 1))
 
-    tree, tokens, e = p.grow_from(probs_by_level[0], level, 7, len(probs_by_level), max_nodes, lambda ix: ix + 100)
+    p.level_s = level_s  # a level's cost so far (grow_from then folds each call's measured time into it)
+    tree, tokens, e = p.grow_from(lambda: probs_by_level[0], level, 7, max_nodes + 1, len(probs_by_level),
+                                  lambda ix: ix + 100)
     return tree, tokens, e, calls
 
 
@@ -64,8 +66,9 @@ def test_shipped_heads_per_step_identical_to_stock(model_path, reference, max_ba
 
 def test_per_step_needs_heads_that_can_grow(model_path, tmp_path):
     from llama_medusa import Llama, MedusaHeads
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
-    h = MedusaHeads.load(__import__("llama_medusa").heads.shipped.SMOLLM2_HEADS)
+    h = MedusaHeads.load(SMOLLM2_HEADS)
     plain = MedusaHeads([b[:] for b in h.blocks], h.proj, h.hidden_size, draft_vocab=h.draft_vocab)
     with pytest.raises(ValueError, match="per-step.*probabilities"):
         Llama(model_path, n_ctx=512, verbose=False, medusa_heads=plain, medusa_choices="per-step", **THREADS)

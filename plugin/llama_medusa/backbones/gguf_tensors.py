@@ -73,10 +73,14 @@ def read_output_matrix(model_path: str) -> np.ndarray:
 
 class TokenEmbedding:
     """Rows of the backbone's token embedding, for token-conditioned heads: a few rows per step are dequantised
-    from the memory-mapped GGUF instead of holding the whole [n_vocab, n_embd] matrix in float32."""
+    from the memory-mapped GGUF instead of holding the whole [n_vocab, n_embd] matrix in float32. Rows already
+    dequantised are kept (a decode step needs up to a tree's worth of rows, and common tokens come back often)."""
+
+    CACHED_ROWS = 8192
 
     def __init__(self, row_fn, n_vocab: int, n_embd: int, source: str):
         self._row = row_fn
+        self._cache = {}
         self.n_vocab, self.n_embd, self.source = n_vocab, n_embd, source
         self.rows(np.array([0]))  # fail at load, not mid-generation, on a type gguf cannot dequantise
 
@@ -99,4 +103,12 @@ class TokenEmbedding:
         bad = toks[(toks < 0) | (toks >= self.n_vocab)]
         if len(bad):
             raise ValueError(f"token id {int(bad[0])} is outside the embedding's {self.n_vocab} rows")
-        return np.stack([self._row(int(t)) for t in toks]).astype(np.float32, copy=False)
+        return np.stack([self._cached_row(int(t)) for t in toks])
+
+    def _cached_row(self, t: int) -> np.ndarray:
+        r = self._cache.get(t)
+        if r is None:
+            if len(self._cache) >= self.CACHED_ROWS:
+                self._cache.clear()
+            r = self._cache[t] = np.asarray(self._row(t), dtype=np.float32)
+        return r

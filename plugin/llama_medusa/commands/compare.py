@@ -8,7 +8,6 @@ pass, speedup over stock, draft time per step as a fraction of stock's t(1), and
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Dict, List, Optional, Sequence
 
 
@@ -45,9 +44,8 @@ def run_compare(model: Optional[str], variants: Sequence[str], prompts: Sequence
         texts, ntok = {}, {}
         for _ in range(runs):
             for name, llm in engines.items():
-                t0 = time.perf_counter()
                 texts[name], ntok[name], dt, _ = _timed_chat(llm, p, max_tokens)
-                times[name].append(dt if dt else time.perf_counter() - t0)
+                times[name].append(dt)
         for name, llm in engines.items():
             per[name]["tok_s"].append(ntok[name] / statistics.median(times[name]))
             per[name]["same"].append(texts[name] == texts["stock"])
@@ -61,14 +59,12 @@ def run_compare(model: Optional[str], variants: Sequence[str], prompts: Sequence
     for name in variants:
         d = per[name]
         ratios = [a / b for a, b in zip(d["tok_s"], base)]
-        auto = getattr(engines[name], "medusa_auto", None) or {}
         rows.append({"variant": name, "speedup_median": statistics.median(ratios), "speedup_min": min(ratios),
                      "tokens_per_pass": statistics.median(d["tpp"]) if d["tpp"] else 1.0,
                      "draft_ms_per_step": 1e3 * statistics.median(d["draft"]) if d["draft"] else 0.0,
                      "draft_vs_t1": (statistics.median(d["draft"]) / t1) if (d["draft"] and t1) else 0.0,
                      "identical": f"{sum(d['same'])}/{len(d['same'])}",
-                     "per_step_tree": "per_step_tree" in auto or getattr(engines[name]._medusa, "dynamic", False)
-                     if engines[name]._medusa else False,
+                     "per_step_tree": getattr(engines[name]._medusa, "dynamic", False),
                      "tok_s_median": statistics.median(d["tok_s"])})
     return {"model": model, "threads": [common["n_threads"], common["n_threads_batch"]],
             "stock_tok_s_median": statistics.median(base), "t1_ms": (t1 or 0) * 1e3, "roofline": roof,

@@ -185,8 +185,7 @@ def fit(data, model_path: str, proj: np.ndarray, embedding, draft_vocab: int = 8
     vocab = np.sort(np.argsort(-counts, kind="stable")[: min(draft_vocab, int((counts > 0).sum()))]).astype(np.int32)
     if init is not None and init.draft_vocab is not None:
         vocab = init.draft_vocab
-    local = np.full(proj.shape[0], -1, np.int32)
-    local[vocab] = np.arange(len(vocab))
+    local = _local_ids(vocab, proj.shape[0])
     log(f"draft vocabulary: {len(vocab)} tokens cover {counts[vocab].sum() / counts.sum():.1%} of the answers")
     P = jnp.asarray(proj[vocab], dtype=jnp.float32)
     seqs = sequences(data, max_len)
@@ -197,9 +196,7 @@ def fit(data, model_path: str, proj: np.ndarray, embedding, draft_vocab: int = 8
     start = init.weights if init is not None else init_params(
         H, config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"], config["intermediate_size"],
         seed)
-    params = {k: jnp.asarray(v) for k, v in start.items()}
-    if "fc.bias" not in params:
-        params["fc.bias"] = jnp.zeros(H, jnp.float32)
+    params = _jax_params(start, H)
     n_batches = (len(seqs) + batch - 1) // batch
     total = max(epochs * n_batches, 2)
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(total // 20, 1), total, lr * 0.05)
@@ -228,20 +225,33 @@ def fit(data, model_path: str, proj: np.ndarray, embedding, draft_vocab: int = 8
     return EagleHeads(weights, config, format="eagle", draft_vocab=vocab, n_heads=max(steps, 1)), E
 
 
-def evaluate(heads, data, proj: np.ndarray, E: np.ndarray, max_len: int = 200, steps: int = TTT_STEPS,
-             top_k: int = 10):
-    """Per depth, on `data`: the draft-vocabulary logits of the greedy target's position given a right prefix
-    (the training-time test's forward with true tokens), as (logits list, target local ids, prefix-ok masks)."""
+def _local_ids(vocab: np.ndarray, n_vocab: int) -> np.ndarray:
+    """Token id -> row of the draft vocabulary, -1 outside it."""
+    local = np.full(n_vocab, -1, np.int32)
+    local[vocab] = np.arange(len(vocab))
+    return local
+
+
+def _jax_params(weights: Dict[str, np.ndarray], H: int):
+    """The layer's weights as JAX arrays, with a zero fc bias where the checkpoint has none."""
+    import jax.numpy as jnp
+
+    params = {k: jnp.asarray(v) for k, v in weights.items()}
+    params.setdefault("fc.bias", jnp.zeros(H, jnp.float32))
+    return params
+
+
+def evaluate(heads, data, proj: np.ndarray, E: np.ndarray, max_len: int = 200, steps: int = TTT_STEPS):
+    """Per depth, on `data`: the draft-vocabulary logits at each position whose greedy target exists, given a
+    right prefix (the training-time test's forward with true tokens), and the targets' draft-vocabulary rows (-1
+    outside it): (logits per depth, targets per depth)."""
     import jax.numpy as jnp
 
     vocab = heads.draft_vocab
-    local = np.full(proj.shape[0], -1, np.int32)
-    local[vocab] = np.arange(len(vocab))
+    local = _local_ids(vocab, proj.shape[0])
     P = jnp.asarray(proj[vocab], dtype=jnp.float32)
     forward, _ = make_model(heads.config, P, steps)
-    params = {k: jnp.asarray(v) for k, v in heads.weights.items()}
-    if "fc.bias" not in params:
-        params["fc.bias"] = jnp.zeros(heads.hidden_size)
+    params = _jax_params(heads.weights, heads.hidden_size)
     seqs = sequences(data, max_len)
     L = max(len(t) for t, _ in seqs) - 1
     logits: List[List[np.ndarray]] = [[] for _ in range(steps)]

@@ -145,17 +145,15 @@ class Decode:
         deepest = n_ctx - 1 - P
         tree = spec.tree_within(room, deepest)
         context = self.llm.input_ids[: P + 1]  # a view, no copy
-        if hidden is not None and spec.dynamic:  # a tree grown for this step (it may be the root alone)
-            t1 = time.perf_counter()
-            grown, tokens, _ = spec.drafter.grow(hidden, context, room, deepest)
-            d = Draft(grown, tokens)
-            d.heads_s = time.perf_counter() - t1
-            self.stats.time_heads += d.heads_s
-        elif hidden is None or len(tree) == 1:
+        if hidden is None or (len(tree) == 1 and not spec.dynamic):
             d = Draft(spec.tree_within(1, 0), [root])
         else:
             t1 = time.perf_counter()
-            d = Draft(tree, spec.fill(hidden, context, tree, spec.top_k))
+            if spec.dynamic:  # a tree grown for this step (it may be the root alone)
+                tree, tokens, _ = spec.drafter.grow(hidden, context, room, deepest)
+            else:
+                tokens = spec.fill(hidden, context, tree, spec.top_k)
+            d = Draft(tree, tokens)
             d.heads_s = time.perf_counter() - t1
             self.stats.time_heads += d.heads_s
         if spec.lookup is not None:

@@ -67,23 +67,23 @@ def plan(llm, backbone, drafter, choices, top_k: Optional[int], max_batch: int, 
         choices, gate = a["choices"], a.pop("gate")
         if choices and per_step:  # a tree per step, sized on the curve `auto` measured
             drafter.cost, drafter.overhead_s = a["cost_s"], a["step_overhead_s"]
-            drafter.max_nodes = min(drafter.max_nodes, max_batch - 1 - drafter.n_heads)
-            choices = _capacity(drafter)
-            a["per_step_tree"] = dict(max_nodes=drafter.max_nodes, beam=drafter.beam, depth=drafter.n_heads)
             grows = True
     elif isinstance(choices, str) and choices == "per-step":  # grown every step, every node kept (no pricing)
         if not getattr(drafter, "can_grow", False):
             raise ValueError("medusa_choices='per-step' needs heads that give each node's children with "
                              "probabilities: EAGLE heads, or token-conditioned heads sharing the backbone's "
                              "output matrix")
+        grows = True
+    if grows:
         drafter.max_nodes = min(drafter.max_nodes, max_batch - 1 - drafter.n_heads)
-        choices, grows = _capacity(drafter), True
+        choices = _capacity(drafter)
+        if llm.medusa_auto is not None:
+            llm.medusa_auto["per_step_tree"] = dict(max_nodes=drafter.max_nodes, beam=drafter.beam,
+                                                    depth=drafter.n_heads)
     tree = Tree(choices, n_heads=drafter.n_heads, top_k=top_k)
     if isinstance(drafter, HeadsDrafter):
         drafter.max_depth = max(tree.depth, 1)  # its propose() then skips heads the tree never reads
-    spec = Speculation(drafter, tree, top_k or max(tree.top_k, 1), typical, max_batch, gate)
-    spec.dynamic = grows
-    return spec
+    return Speculation(drafter, tree, top_k or max(tree.top_k, 1), typical, max_batch, gate, dynamic=grows)
 
 
 def _capacity(drafter) -> List[Tuple[int, ...]]:

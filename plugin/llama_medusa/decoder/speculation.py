@@ -9,7 +9,7 @@ from ..drafting.tree import Tree
 
 class Speculation:
     def __init__(self, drafter, tree: Tree, top_k: int, typical=None, max_batch: int = 63,
-                 lookup: Optional[LookupGate] = None):
+                 lookup: Optional[LookupGate] = None, dynamic: bool = False):
         if max_batch < tree.depth + 1:
             raise ValueError(f"a verify batch of at most {max_batch} tokens (medusa_max_batch, n_batch) cannot hold "
                              f"even one path of the {tree.depth}-deep tree")
@@ -20,8 +20,8 @@ class Speculation:
         self.typical = typical  # (posterior_threshold, posterior_alpha) or None
         self.lookup = lookup
         self.lookup_tokens = lookup.max_tokens if lookup is not None else 0
-        # the drafter grows its own tree each step (EAGLE under `auto`): `tree` is then the largest it may grow
-        self.dynamic = False
+        # the drafter grows its own tree each step (drafting/pertree.py): `tree` is then the largest it may grow
+        self.dynamic = dynamic
         self.path_states = bool(getattr(drafter, "wants_path_states", False))
         self.max_depth = max(tree.depth, self.lookup_tokens)  # deepest node a step can accept
         self.need_hidden = len(tree) > 1  # the heads read final-norm states; a lookup-only step needs none

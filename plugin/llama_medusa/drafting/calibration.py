@@ -18,17 +18,15 @@ def calibrate(logits: Sequence[np.ndarray], targets: Sequence[np.ndarray], split
     temps, stats = [], []
     for z_all, t_all in zip(logits, targets):
         z_all = z_all.astype(np.float64)
-        if split and len(t_all) >= 4:
-            T_fit = _fit(z_all[0::2], t_all[0::2])
-            z, t = z_all[1::2], t_all[1::2]
-            stats.append(dict(temperature_half=T_fit, ece_before=ece(z, t, 1.0), ece_after=ece(z, t, T_fit),
-                              top1=float(np.mean(z.argmax(axis=1) == t)), rows=int(len(t))))
         T = _fit(z_all, t_all)
         temps.append(T)
-        if not (split and len(t_all) >= 4):
-            stats.append(dict(ece_before=ece(z_all, t_all, 1.0), ece_after=ece(z_all, t_all, T),
-                              top1=float(np.mean(z_all.argmax(axis=1) == t_all)), rows=int(len(t_all))))
-        stats[-1]["temperature"] = T
+        extra = {}
+        z, t, T_eval = z_all, t_all, T
+        if split and len(t_all) >= 4:
+            z, t, T_eval = z_all[1::2], t_all[1::2], _fit(z_all[0::2], t_all[0::2])
+            extra = dict(temperature_half=T_eval)
+        stats.append(dict(extra, ece_before=ece(z, t, 1.0), ece_after=ece(z, t, T_eval),
+                          top1=float(np.mean(z.argmax(axis=1) == t)), rows=int(len(t)), temperature=T))
     return temps, stats
 
 
@@ -44,11 +42,18 @@ def _fit(z: np.ndarray, t: np.ndarray) -> float:
     return float(grid[int(np.argmin(nll))])
 
 
+def softmax(z: np.ndarray, temperature: float) -> np.ndarray:
+    """Row-wise softmax of logits z [n, vocabulary] at a temperature (a new array; z is left as it was)."""
+    p = z * (1.0 / temperature)
+    p -= p.max(axis=1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
 def ece(z: np.ndarray, t: np.ndarray, T: float, bins: int = 10) -> float:
     """Expected calibration error of the top-1 confidence (equal-width bins)."""
-    lz = z / T
-    p = np.exp(lz - lz.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    p = softmax(z, T)
     conf = p.max(axis=1)
     right = p.argmax(axis=1) == t
     edges = np.linspace(0, 1, bins + 1)

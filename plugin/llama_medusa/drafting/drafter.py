@@ -2,10 +2,11 @@
 tree by rank) or `fill` (a token for every node of a given tree); heads are the usual drafter."""
 from __future__ import annotations
 
-from typing import Dict, List, Protocol
+from typing import List, Protocol
 
 import numpy as np
 
+from .calibration import softmax
 from .pertree import PerStepTree
 
 
@@ -36,7 +37,6 @@ class HeadsDrafter(PerStepTree):
         self.n_heads = heads.n_heads
         self.max_depth = heads.n_heads
         self.embedding = embedding
-        self._rows: Dict[int, np.ndarray] = {}
         if heads.conditioned:
             if embedding is None:
                 raise ValueError(f"Medusa heads {heads.source} are token-conditioned: they need the backbone's "
@@ -95,15 +95,9 @@ class HeadsDrafter(PerStepTree):
         return out
 
     def _embed(self, toks: np.ndarray) -> np.ndarray:
-        if len(toks) != 1:
-            return self.embedding.rows(toks)
-        t = int(toks[0])
-        row = self._rows.get(t)
-        if row is None:  # a decode step needs up to n_heads rows; common tokens come back often
-            if len(self._rows) > 8192:
-                self._rows.clear()
-            row = self._rows[t] = self.embedding.rows(toks)[0]
-        return row
+        """Embedding rows of toks; one token gives its row alone."""
+        rows = self.embedding.rows(toks)
+        return rows[0] if len(toks) == 1 else rows
 
     # ------------------------------------------------------------------ the per-step tree
     @property
@@ -115,36 +109,21 @@ class HeadsDrafter(PerStepTree):
     def probs(self, hidden: np.ndarray, emb: np.ndarray, head: int) -> np.ndarray:
         """Calibrated softmax over the draft vocabulary of head `head` for rows (hidden, path embeddings)."""
         states = self.engine.head_states(hidden, head=head, emb=emb)[:, 0]
-        z = self.engine.project(0, np.ascontiguousarray(states))
         temps = self.heads.meta.get("temperature") or [1.0]
-        z *= 1.0 / float(temps[min(head, len(temps) - 1)])
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        return p
+        return softmax(self.engine.project(0, np.ascontiguousarray(states)), float(temps[min(head, len(temps) - 1)]))
 
-    def grow(self, hidden: np.ndarray, context: np.ndarray, max_nodes: int, max_depth: int):
+    def grow(self, hidden: np.ndarray, context: np.ndarray, room: int, max_depth: int):
         """This step's tree (pertree.PerStepTree): head d gives the children of each depth-d node from its own
         path's embeddings."""
-        import time
-
         root = int(context[-1])
         h = np.ascontiguousarray(hidden, dtype=np.float32).reshape(1, -1)
-        depth_cap = min(self.n_heads, max_depth)
-        max_nodes = min(max_nodes - 1, self.max_nodes)
-        if depth_cap < 1 or max_nodes < 1:
-            return self._tree([], root)
         path_emb = {-1: self._embed(np.array([root]))[None, :]}
 
         def level(nodes, toks, parent, d):
-            t1 = time.perf_counter()
             for i in nodes:
                 path_emb[i] = np.concatenate([path_emb[parent[i]], self._embed(np.array([toks[i]]))[None, :]])
-            p = self.probs(np.repeat(h, len(nodes), axis=0), np.stack([path_emb[i] for i in nodes]), d - 1)
-            dt = time.perf_counter() - t1
-            self.level_s = dt if self.level_s == 0 else 0.9 * self.level_s + 0.1 * dt
-            return p
+            return self.probs(np.repeat(h, len(nodes), axis=0), np.stack([path_emb[i] for i in nodes]), d - 1)
 
-        return self.grow_from(self.probs(h, path_emb[-1][None], 0)[0], level, root, depth_cap, max_nodes,
+        return self.grow_from(lambda: self.probs(h, path_emb[-1][None], 0)[0], level, root, room, max_depth,
                               self.heads.token_ids)
 

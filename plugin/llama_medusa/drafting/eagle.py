@@ -5,23 +5,20 @@ own entries are scratch and dropped (EAGLE's stable_kv). It starts at the first 
 answer's first token; prompt states are never computed, so a prompt costs what it costs stock), and the trainer
 draws the same window.
 
-Tree (EAGLE-2, priced on this machine): the last pair's output gives the root's children; each level expands the
-`beam` likeliest frontier nodes by calibrated path probability, in one batched call. The tree verified is the top-T
-nodes by path probability (a top-T set of a product of probabilities is closed under ancestors), T chosen to
-maximise expected tokens (1 + the sum of their path probabilities) over the step's time on the measured cost curve:
-t(1 + T) + draft time + overhead, T = 0 (a plain step) included.
+Tree: EAGLE-2's, grown every step from the draft's calibrated probabilities and sized on this machine's cost curve
+(pertree.PerStepTree), or a fixed tree filled level by level (`fill`).
 
 The layer runs natively (cpp/eagle.cpp: int8 matrices, one call per tree level, the attention split over heads on
 a thread pool); EagleHeads.forward is the numpy reference the tests hold it to.
 """
 from __future__ import annotations
 
-import time
 from typing import Dict, List
 
 import numpy as np
 
 from ..heads.eagle import LAYER, EagleHeads
+from .calibration import softmax
 from .pertree import PerStepTree
 from .tree import Tree
 
@@ -47,7 +44,6 @@ class EagleDrafter(PerStepTree):
         rows = lm_head if heads.draft_vocab is None else lm_head[heads.draft_vocab]
         self.layer = _layer(heads, rows, n_threads)
         PerStepTree.__init__(self, beam, top_k, max_nodes)
-        self._rows: Dict[int, np.ndarray] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -55,24 +51,12 @@ class EagleDrafter(PerStepTree):
         self.start = self.end = 0  # positions the cache covers
 
     def _embed(self, toks) -> np.ndarray:
-        rows = []
-        for t in toks:
-            r = self._rows.get(int(t))
-            if r is None:
-                if len(self._rows) > 16384:
-                    self._rows.clear()
-                r = self._rows[int(t)] = self.embedding.rows(np.array([int(t)]))[0]
-            rows.append(r)
-        return np.stack(rows)
+        return self.embedding.rows(np.asarray(toks))
 
     def probs(self, g: np.ndarray, depth: int) -> np.ndarray:
         """Calibrated softmax over the draft vocabulary of output features g [n, H], for tree level `depth` (1-)."""
         z = self.layer.logits(np.ascontiguousarray(g, dtype=np.float32))
-        z *= 1.0 / self.heads.temperature[min(depth, self.n_heads) - 1]
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        return p
+        return softmax(z, self.heads.temperature[min(depth, self.n_heads) - 1])
 
     # ------------------------------------------------------------------ the cache
     def observe(self, states: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -98,7 +82,6 @@ class EagleDrafter(PerStepTree):
         """One tree level in one native call: each node's entry (e(token), its parent's output) at position
         P + depth - 2 attends to the cache, its ancestors' entries and itself. Sets feats[node] and entry[node];
         returns the calibrated child probabilities [len(nodes), draft vocabulary]."""
-        t1 = time.perf_counter()
         base = self.layer.scratch_len
         out = self.layer.level(self._embed([toks[i] for i in nodes]), np.stack([feats[parent[i]] for i in nodes]),
                                np.full(len(nodes), P + depth - 2, np.int32),
@@ -106,28 +89,21 @@ class EagleDrafter(PerStepTree):
         for r, i in enumerate(nodes):
             feats[i] = out[r]
             entry[i] = base + r
-        p = self.probs(out, depth)
-        dt = time.perf_counter() - t1
-        self.level_s = dt if self.level_s == 0 else 0.9 * self.level_s + 0.1 * dt
-        return p
+        return self.probs(out, depth)
 
-    def grow(self, states: np.ndarray, context: np.ndarray, max_nodes: int, max_depth: int):
+    def grow(self, states: np.ndarray, context: np.ndarray, room: int, max_depth: int):
         """This step's tree and node tokens (node 0 = the root, context[-1]), or a one-node tree when no tree
-        pays. Returns (Tree, tokens, expected accepted tokens incl. the bonus)."""
+        pays (pertree.PerStepTree). The accepted states extend the cache first, whatever the tree.
+        Returns (Tree, tokens, expected accepted tokens incl. the bonus)."""
         g_root = self.observe(np.asarray(states, np.float32).reshape(-1, self.H), context)
         P = len(context) - 1
-        root = int(context[-1])
-        depth_cap = min(self.n_heads, max_depth)
-        max_nodes = min(max_nodes - 1, self.max_nodes)
-        if depth_cap < 1 or max_nodes < 1:
-            return self._tree([], root)
         feats = {-1: g_root}
         entry: Dict[int, int] = {}
 
         def level(nodes, toks, parent, d):
             return self._level(nodes, toks, parent, d, P, feats, entry)
 
-        return self.grow_from(self.probs(g_root[None, :], 1)[0], level, root, depth_cap, max_nodes,
+        return self.grow_from(lambda: self.probs(g_root[None, :], 1)[0], level, int(context[-1]), room, max_depth,
                               self.heads.token_ids)
 
     def fill(self, states: np.ndarray, context: np.ndarray, tree: Tree, k: int) -> List[int]:
@@ -138,40 +114,20 @@ class EagleDrafter(PerStepTree):
         out = [int(context[-1])] + [0] * (len(tree) - 1)
         parent = [n.parent - 1 if n.parent > 0 else -1 for n in tree.nodes[1:]]  # node i+1 of the tree is i here
         feats = {-1: g_root}
-        scratch: Dict[int, int] = {}
+        entry: Dict[int, int] = {}
         toks = [0] * (len(tree) - 1)
         for d in range(1, tree.depth + 1):
             parents = [i for i in tree.levels[d - 1] if tree.nodes[i].children]
             if d == 1:
                 pc = self.probs(g_root[None, :], 1)
             else:
-                pc = self._level([i - 1 for i in parents], toks, parent, d, P, feats, scratch)
+                pc = self._level([i - 1 for i in parents], toks, parent, d, P, feats, entry)
             for r, i in enumerate(parents):
                 ranks = np.argsort(-pc[r], kind="stable")[: max(tree.nodes[c].path[-1] for c in tree.nodes[i].children) + 1]
                 ids = self.heads.token_ids(ranks)
                 for c in tree.nodes[i].children:
                     out[c] = toks[c - 1] = int(ids[tree.nodes[c].path[-1]])
         self.features = {i + 1: f for i, f in feats.items()}  # tree node -> its output feature (root: node 0)
-        return out
-
-    # ------------------------------------------------------------------ training's accuracy pass
-    def walk(self, tokens: np.ndarray, states: np.ndarray, start: int, depth: int, k: int = 10) -> np.ndarray:
-        """Offline walk over a greedy answer: for each position t >= start, the top-k candidates of depths
-        1..depth along the draft's own top-1 chain, the cache holding the true pairs up to t. [n, depth, k]."""
-        self.reset()
-        n = len(tokens) - 1 - start
-        out = np.zeros((max(n, 0), depth, k), np.int32)
-        for r, t in enumerate(range(start, len(tokens) - 1)):
-            g = self.observe(states[t : t + 1], tokens[: t + 2])  # the pair (f_t, x_{t+1}) drafts x_{t+2}
-            prev = -1
-            for d in range(1, depth + 1):
-                p = self.probs(g[None, :], d)[0]
-                out[r, d - 1] = self.heads.token_ids(np.argsort(-p)[:k])
-                if d == depth:
-                    break
-                g = self.layer.level(self._embed([int(out[r, d - 1, 0])]), g[None, :], np.array([t + d], np.int32),
-                                     np.array([prev], np.int32))[0]
-                prev += 1
         return out
 
 

@@ -10,6 +10,7 @@ curve (medusa_choices="per-step") every node up to max_nodes is kept.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -19,6 +20,7 @@ from .tree import Tree
 
 class PerStepTree:
     wants_path_states = False
+    n_heads: int  # deepest level the drafter can fill (set by the drafter)
 
     def __init__(self, beam: int = 4, top_k: int = 8, max_nodes: int = 16):
         self.beam, self.top_k, self.max_nodes = beam, top_k, max_nodes
@@ -27,10 +29,16 @@ class PerStepTree:
         self.level_s = 0.0  # measured time of one tree level (running mean), what another level costs
         self._trees: Dict[Tuple, Tree] = {}
 
-    def grow_from(self, root_probs: np.ndarray, level: Callable, root: int, depth_cap: int, max_nodes: int,
+    def grow_from(self, root_probs: Callable, level: Callable, root: int, room: int, max_depth: int,
                   token_ids: Callable) -> Tuple[Tree, List[int], float]:
-        """level(nodes, toks, parent, depth) -> the children probabilities of `nodes` [n, vocabulary]; nodes are
-        indices into toks/parent (parent -1 = the root). Returns (tree, node tokens, expected tokens)."""
+        """A tree of at most `room` nodes (the root included) and max_depth levels. root_probs() -> the root's
+        children probabilities [vocabulary]; level(nodes, toks, parent, depth) -> the children probabilities of
+        `nodes` [n, vocabulary], nodes being indices into toks/parent (parent -1 = the root); token_ids maps
+        vocabulary rows to token ids. Returns (tree, node tokens, expected tokens)."""
+        depth_cap = min(self.n_heads, max_depth)
+        max_nodes = min(room - 1, self.max_nodes)
+        if depth_cap < 1 or max_nodes < 1:
+            return self._tree([], root)
         probs: List[float] = []  # path probability of each node
         toks: List[int] = []
         parent: List[int] = []
@@ -44,12 +52,15 @@ class PerStepTree:
             parent.extend([par] * k)
             return new
 
-        frontier = add(root_probs, -1, 1.0)
+        frontier = add(root_probs(), -1, 1.0)
         for d in range(2, depth_cap + 1):
             frontier = sorted(frontier, key=lambda i: -probs[i])[: self.beam]
             if not frontier or not self._worth(probs, sum(probs[i] for i in frontier), max_nodes):
                 break
+            t1 = time.perf_counter()
             pc = level(frontier, toks, parent, d)
+            dt = time.perf_counter() - t1
+            self.level_s = dt if self.level_s == 0 else 0.9 * self.level_s + 0.1 * dt
             frontier = [c for r, i in enumerate(frontier) for c in add(pc[r], i, probs[i])]
         order = sorted(range(len(probs)), key=lambda i: -probs[i])
         T = self._size([probs[i] for i in order], max_nodes)

@@ -119,9 +119,6 @@ class EagleHeads:
     def hidden_size(self) -> int:
         return self.config["hidden_size"]
 
-    def w(self, name: str) -> Optional[np.ndarray]:
-        return self.weights.get(name)
-
     def check_model(self, n_embd: int, n_vocab: int) -> None:
         if self.hidden_size != n_embd:
             raise ValueError(f"EAGLE heads {self.source} have hidden size {self.hidden_size}, but the model's is "
