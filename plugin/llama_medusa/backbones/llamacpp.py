@@ -45,6 +45,18 @@ class LlamaCppBackbone(PendingTokens):
         self.batch: Optional[internals.LlamaBatch] = None  # the verify batch
         self.n_seq = 1
         self.base = 0  # batch row of the tree's root in the last verify pass
+        self._run = None  # runs every llama_decode (decode_thread.run) when set
+
+    def run_decodes_on(self, run) -> None:
+        """Every llama_decode of this model through run(fn, *args) (backbones/decode_thread.py), stock's paths
+        included; kept when prepare() makes a new context."""
+        self._run = run
+        ctx = self.llm._ctx
+        decode = type(ctx).decode
+        ctx.decode = lambda batch: run(decode, ctx, batch)
+
+    def _decode(self, ctx, batch) -> int:
+        return self._run(llama_cpp.llama_decode, ctx, batch) if self._run else llama_cpp.llama_decode(ctx, batch)
 
     # ------------------------------------------------------------------ what heads read from the model
     def projection(self, heads) -> Optional[np.ndarray]:
@@ -140,6 +152,8 @@ class LlamaCppBackbone(PendingTokens):
         llm.n_tokens = 0
         llm._requires_eval = True
         fit_buffers_to_context(llm)
+        if self._run is not None:
+            self.run_decodes_on(self._run)
 
     def verify(self, pending: List[int], kv: int, P: int, tree: Tree, node_tokens: List[int],
                need_hidden: bool) -> int:
@@ -157,7 +171,7 @@ class LlamaCppBackbone(PendingTokens):
         b.n_tokens = n
         ctx = self.llm._ctx.ctx
         llama_cpp.llama_set_embeddings(ctx, need_hidden)
-        rc = llama_cpp.llama_decode(ctx, b)
+        rc = self._decode(ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} while verifying a {n}-token tree")
         return n
@@ -218,7 +232,7 @@ class LlamaCppBackbone(PendingTokens):
             batch.logits[len(toks) - 1] = True
             batch.n_tokens = len(toks)
             t0 = time.perf_counter()
-            if llama_cpp.llama_decode(ctx, batch) != 0:
+            if self._decode(ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed while measuring the verify cost")
             return time.perf_counter() - t0
 

@@ -79,6 +79,17 @@ def main(argv=None) -> int:
     gb.add_argument("--reps", type=int, default=20)
     gb.add_argument("--json", help="also write the numbers to this JSON file")
 
+    sb = sub.add_parser("serve-bench", help="a bounded load run on loopback: stock's server, `serve` alone and "
+                                            "`serve --ray` replicas at 1/4/8 clients (needs llama-medusa[ray])")
+    sb.add_argument("--model", default=None, help="GGUF (default: the embedded SmolLM2-135M-Instruct)")
+    sb.add_argument("--heads", default=None, help="heads file (default: the shipped heads)")
+    sb.add_argument("--threads", type=int, default=None, help="threads in all, split between replicas (default: cores)")
+    sb.add_argument("--replicas", default="1,2", help="replica counts to run (default 1,2)")
+    sb.add_argument("--clients", default="1,4,8", help="concurrent clients per level (default 1,4,8)")
+    sb.add_argument("--requests", type=int, default=16, help="requests per level (default 16)")
+    sb.add_argument("--max-tokens", type=int, default=128)
+    sb.add_argument("--json", help="also write the numbers to this JSON file")
+
     sub.add_parser("serve", add_help=False,
                    help="llama-cpp-python's OpenAI-compatible server with Medusa heads (its flags, plus --medusa_heads, "
                         "--medusa_choices, --medusa_lookup; needs llama-medusa[server])")
@@ -106,6 +117,10 @@ def main(argv=None) -> int:
             from .gpu_bench import main as gpu_bench_main
 
             return gpu_bench_main(args)
+        if args.cmd == "serve-bench":
+            from .serve_bench import main as serve_bench_main
+
+            return serve_bench_main(args)
         if args.cmd == "bench":
             from .bench import main as bench_main
 

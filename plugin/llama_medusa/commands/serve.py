@@ -21,12 +21,15 @@ try:
     import llama_cpp
     import llama_cpp.server.app as _app
     import llama_cpp.server.model as _model
+    from fastapi.responses import JSONResponse
     from llama_cpp.server.settings import ConfigFileSettings, ModelSettings, ServerSettings
-    from pydantic import Field
+    from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
+    from pydantic import Field, ValidationError
 except ImportError as e:  # fastapi, uvicorn, sse-starlette, pydantic-settings are llama-cpp-python's server extra
     raise ImportError(f"llama-medusa serve needs llama-cpp-python's server extra ({e}): "
                       "pip install 'llama-medusa[server]'") from e
 
+from ..backbones import decode_thread
 from ..llama import Llama
 
 
@@ -66,16 +69,18 @@ def medusa_arguments(settings: MedusaModelSettings) -> dict:
 
 
 class _Factory:
-    """Stands in for llama_cpp.Llama while llama_cpp.server loads one model: the same call, plus medusa_*."""
+    """Stands in for llama_cpp.Llama while llama_cpp.server loads one model: the same call, plus medusa_*. The
+    model is built, and later decodes, on one thread (backbones/decode_thread.py): llama_cpp.server drives it from
+    whichever pool thread is free, and llama.cpp's OpenMP teams slow down once several threads have decoded."""
 
     def __init__(self, medusa: dict):
         self.medusa = medusa
 
     def __call__(self, *args, **kwargs):
-        return Llama(*args, **kwargs, **self.medusa)
+        return decode_thread.run(lambda: decode_thread.pin(Llama(*args, **kwargs, **self.medusa)))
 
     def from_pretrained(self, *args, **kwargs):
-        return Llama.from_pretrained(*args, **kwargs, **self.medusa)
+        return decode_thread.run(lambda: decode_thread.pin(Llama.from_pretrained(*args, **kwargs, **self.medusa)))
 
 
 class MedusaProxy(_model.LlamaProxy):
@@ -93,6 +98,48 @@ class MedusaProxy(_model.LlamaProxy):
             _model.llama_cpp = llama_cpp
 
 
+BODIES = {"/v1/completions": CreateCompletionRequest, "/v1/engines/copilot-codex/completions": CreateCompletionRequest,
+          "/v1/chat/completions": CreateChatCompletionRequest, "/v1/embeddings": CreateEmbeddingRequest}
+
+
+class RefuseInvalidBodies:
+    """ASGI middleware: a request body that is not valid JSON or fails the route's own request model is answered
+    400, invalid_request_error, with the fields and what is wrong, as OpenAI's API answers it. llama_cpp.server's
+    route handler catches every exception, these included, and answers 500 with a traceback on stderr."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        model = BODIES.get(scope.get("path", "")) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if model is None:
+            return await self.app(scope, receive, send)
+        chunks, message = [], {"more_body": True}
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before its body arrived
+                return
+            chunks.append(message.get("body", b""))
+        body = b"".join(chunks)
+        try:
+            model.model_validate_json(body)
+        except ValidationError as e:
+            fields = [".".join(str(x) for x in err["loc"]) or "body" for err in e.errors()]
+            error = dict(message="; ".join(f"{f}: {err['msg']}" for f, err in zip(fields, e.errors())),
+                         type="invalid_request_error", param=fields[0], code=None)
+            return await JSONResponse({"error": error}, status_code=400)(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
 def create_app(server_settings: Optional[ServerSettings] = None,
                model_settings: Optional[List[MedusaModelSettings]] = None):
     """llama_cpp.server.app.create_app whose models are llama_medusa.Llama (the default model when none given)."""
@@ -106,11 +153,13 @@ def create_app(server_settings: Optional[ServerSettings] = None,
     saved, config_file = _app.LlamaProxy, os.environ.pop("CONFIG_FILE", None)
     _app.LlamaProxy = MedusaProxy  # create_app builds its proxy through this name, once
     try:  # without CONFIG_FILE: stock's create_app would re-read it as its own settings, dropping medusa_*
-        return _app.create_app(server_settings=server_settings, model_settings=model_settings)
+        app = _app.create_app(server_settings=server_settings, model_settings=model_settings)
     finally:
         _app.LlamaProxy = saved
         if config_file is not None:
             os.environ["CONFIG_FILE"] = config_file
+    app.add_middleware(RefuseInvalidBodies)
+    return app
 
 
 def main(argv=None) -> int:
@@ -124,6 +173,10 @@ def main(argv=None) -> int:
                                      description="llama-cpp-python's OpenAI-compatible server with Medusa heads")
     add_args_from_model(parser, MedusaSettings)
     parser.add_argument("--config_file", type=str, help="Path to a config file to load (JSON or YAML).")
+    parser.add_argument("--ray", action="store_true",
+                        help="serve replicas on Ray Serve: the Ray cluster at RAY_ADDRESS, else a local one "
+                             "(needs llama-medusa[ray])")
+    parser.add_argument("--replicas", type=int, default=1, help="with --ray: how many replicas (default 1)")
     args = parser.parse_args(argv)
     try:
         config_file = os.environ.get("CONFIG_FILE", args.config_file)
@@ -142,10 +195,18 @@ def main(argv=None) -> int:
         else:
             server_settings = parse_model_from_args(ServerSettings, args)
             model_settings = [parse_model_from_args(MedusaModelSettings, args)]
-        app = create_app(server_settings, model_settings)
-    except (ValueError, OSError) as e:
+        if args.ray:
+            from .serve_ray import deployment, run
+
+            app = deployment(server_settings, model_settings, args.replicas)  # bad settings said before Ray starts
+        else:
+            app = create_app(server_settings, model_settings)
+    except (ValueError, OSError, ImportError) as e:
         print(f"llama-medusa serve: error: {e}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=os.getenv("HOST", server_settings.host), port=int(os.getenv("PORT", server_settings.port)),
-                ssl_keyfile=server_settings.ssl_keyfile, ssl_certfile=server_settings.ssl_certfile)
+    host, port = os.getenv("HOST", server_settings.host), int(os.getenv("PORT", server_settings.port))
+    if args.ray:
+        run(app, host, port)
+        return 0
+    uvicorn.run(app, host=host, port=port, ssl_keyfile=server_settings.ssl_keyfile, ssl_certfile=server_settings.ssl_certfile)
     return 0
