@@ -63,6 +63,57 @@ void tile(int mt, const uint8_t* row, int nb, const int8_t* q, int K, int32_t* o
         default: row_tile<8, vnni>(row, nb, q, K, out); break;
     }
 }
+
+// c_rows rows against c_mt (1 or 2) tokens. One row and one token leave a single accumulator: VNNI's four
+// vpdpbusd per block then form one dependency chain (latency 5, so a row ran at a fifth of the instruction's
+// rate), and each row pays its horizontal sum for a few blocks. Rows side by side share each block's activation
+// loads and run c_rows * c_mt independent chains. out is [c_mt][c_rows]. Integer sums: the same int32 results.
+template <int c_rows, int c_mt, bool vnni>
+inline void rows_tile(const uint8_t* row, size_t stride, int nb, const int8_t* q, int K, int32_t* out) {
+    const __m256i mask = _mm256_set1_epi8(3);
+    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[c_rows][c_mt];
+    for (int r = 0; r < c_rows; ++r)
+        for (int m = 0; m < c_mt; ++m) acc[r][m] = _mm256_setzero_si256();
+    for (int b = 0; b < nb; ++b) {
+        __m256i a[c_mt][4];
+        for (int m = 0; m < c_mt; ++m)
+            for (int g = 0; g < 4; ++g) a[m][g] = _mm256_loadu_si256((const __m256i*)(q + (size_t)m * K + 128 * b + 32 * g));
+        for (int r = 0; r < c_rows; ++r) {
+            const __m256i w = _mm256_loadu_si256((const __m256i*)(row + r * stride + 32 * b));
+            const __m256i c[4] = {_mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
+                                  _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
+                                  _mm256_and_si256(_mm256_srli_epi16(w, 2), mask), _mm256_and_si256(w, mask)};
+            for (int m = 0; m < c_mt; ++m) {
+                if constexpr (vnni) {
+#ifdef MEDUSA_VNNI
+                    for (int g = 0; g < 4; ++g) acc[r][m] = _mm256_dpbusd_epi32(acc[r][m], c[g], a[m][g]);
+#endif
+                } else {
+                    __m256i p = _mm256_maddubs_epi16(c[0], a[m][0]);
+                    for (int g = 1; g < 4; ++g) p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c[g], a[m][g]));
+                    acc[r][m] = _mm256_add_epi32(acc[r][m], _mm256_madd_epi16(p, ones));
+                }
+            }
+        }
+    }
+    for (int m = 0; m < c_mt; ++m)
+        for (int r = 0; r < c_rows; ++r) out[m * c_rows + r] = hsum256_i32(acc[r][m]);
+}
+
+// Rows per multi-row tile for mt tokens (1: the single-row tile). VNNI builds have 32 vector registers.
+template <bool vnni>
+constexpr int tile_rows(int mt) {
+    return mt == 1 ? (vnni ? 8 : 4) : mt == 2 ? (vnni ? 4 : 2) : 1;
+}
+
+template <bool vnni>
+void multi_row_tile(int mt, const uint8_t* row, size_t stride, int nb, const int8_t* q, int K, int32_t* out) {
+    if (mt == 1)
+        rows_tile<tile_rows<vnni>(1), 1, vnni>(row, stride, nb, q, K, out);
+    else
+        rows_tile<tile_rows<vnni>(2), 2, vnni>(row, stride, nb, q, K, out);
+}
 #endif
 
 enum : int { KERNEL_SCALAR = 0, KERNEL_AVX2 = 1, KERNEL_VNNI = 2, N_KERNELS = 3 };
@@ -176,24 +227,47 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
                        const int32_t* qsum, int M, float wscale, float* y, int kernel) {
     if (kernel < 0) kernel = ternary_kernel();
     [[maybe_unused]] const int nb = K / 128;
-    int32_t s[8];
-    for (int r = r0; r < r1; ++r) {
-        const uint8_t* row = w + (size_t)r * (K / 4);
+    const size_t stride = K / 4;
+    int32_t s[64];
+    auto store = [&](int r, int n_rows, int m0, int mt) {  // s is [mt][n_rows]
+        for (int m = 0; m < mt; ++m)
+            for (int i = 0; i < n_rows; ++i)
+                y[(size_t)(m0 + m) * N + r + i] = (float)(s[m * n_rows + i] - qsum[m0 + m]) / qscale[m0 + m] * wscale;
+    };
+    for (int rg = r0; rg < r1; rg += 8) {  // eight rows stay in L1 while every tile of tokens passes over them
+        const int rend = std::min(r1, rg + 8);
         for (int m0 = 0; m0 < M; m0 += 8) {
             const int mt = std::min(8, M - m0);
             const int8_t* qa = q + (size_t)m0 * K;
-            switch (kernel) {
+            int r = rg;
 #ifdef MEDUSA_VNNI
-                case KERNEL_VNNI: tile<true>(mt, row, nb, qa, K, s); break;
+            if (kernel == KERNEL_VNNI && mt <= 2)
+                for (const int R = tile_rows<true>(mt); r + R <= rend; r += R) {
+                    multi_row_tile<true>(mt, w + r * stride, stride, nb, qa, K, s);
+                    store(r, R, m0, mt);
+                }
 #endif
 #ifdef MEDUSA_AVX2
-                case KERNEL_AVX2: tile<false>(mt, row, nb, qa, K, s); break;
+            if (kernel == KERNEL_AVX2 && mt <= 2)
+                for (const int R = tile_rows<false>(mt); r + R <= rend; r += R) {
+                    multi_row_tile<false>(mt, w + r * stride, stride, nb, qa, K, s);
+                    store(r, R, m0, mt);
+                }
 #endif
-                default:
-                    for (int m = 0; m < mt; ++m) s[m] = i2s_row_codes_dot(row, qa + (size_t)m * K, K);
+            for (; r < rend; ++r) {
+                const uint8_t* row = w + r * stride;
+                switch (kernel) {
+#ifdef MEDUSA_VNNI
+                    case KERNEL_VNNI: tile<true>(mt, row, nb, qa, K, s); break;
+#endif
+#ifdef MEDUSA_AVX2
+                    case KERNEL_AVX2: tile<false>(mt, row, nb, qa, K, s); break;
+#endif
+                    default:
+                        for (int m = 0; m < mt; ++m) s[m] = i2s_row_codes_dot(row, qa + (size_t)m * K, K);
+                }
+                store(r, 1, m0, mt);
             }
-            for (int m = 0; m < mt; ++m)
-                y[(size_t)(m0 + m) * N + r] = (float)(s[m] - qsum[m0 + m]) / qscale[m0 + m] * wscale;
         }
     }
 }

@@ -99,6 +99,24 @@ def test_tree_decoding_identical(i2s_model, plain, engine_greedy, choices, n_hea
     assert st.redecoded == 0  # the engine commits any accepted path: nothing is decoded twice
 
 
+def test_replayed_drafts_at_a_chosen_acceptance(i2s_model, engine_greedy):
+    """bitnet-bench's ReplayDrafter: drafts right at the per-depth rates asked, outputs unchanged."""
+    from llama_medusa.commands.bitnet_bench import ReplayDrafter, chain_tokens_per_pass
+
+    pt = list(range(100, 108))
+    ref = engine_greedy(pt, 200)
+    got = {}
+    for p in (1.0, 0.57, 0.2):
+        llm = Llama(i2s_model, n_ctx=N_CTX, verbose=False, medusa_heads=ReplayDrafter(pt + ref, 3, [p] * 3),
+                    medusa_choices="chain-3")
+        assert run(llm, pt, 200, temp=0.0) == ref
+        got[p] = llm.medusa_stats.mean_accepted
+    assert got[1.0] > 3.8 and got[0.2] < got[0.57] < got[1.0]
+    assert abs(got[0.57] - chain_tokens_per_pass([0.57] * 3)) < 0.35, got  # about 96 passes: sd of the mean ~0.1
+    with pytest.raises(ValueError, match="hit_rates needs a probability in"):
+        ReplayDrafter(ref, 3, [0.5, 1.5, 0.2])
+
+
 def test_embedded_heads_are_found(i2s_with_heads, plain, engine_greedy):
     llm = Llama(i2s_with_heads, n_ctx=N_CTX, verbose=False, medusa_choices="small")
     assert llm._medusa.drafter.n_heads == 3 and len(llm.medusa_tree) == 8

@@ -120,6 +120,17 @@ def test_bad_arguments_get_400_and_the_replicas_keep_serving(url, stock):
     assert [text for _, text in got] == stock[1][:4] and len({replica for replica, _ in got}) == 2
 
 
+def test_the_load_run_counts_what_it_sent(url):
+    from llama_medusa.commands.serve_bench import format_table, load
+
+    lv = load(url, PROMPTS, clients=4, requests=6, max_tokens=8)
+    assert lv["requests"] == 6 and sum(lv["per_replica"]) == 6 and len(lv["per_replica"]) == 2
+    assert 0 < lv["p50_s"] <= lv["p95_s"] <= lv["wall_s"] and lv["rps"] == pytest.approx(6 / lv["wall_s"])
+    table = format_table(dict(machine=dict(cpu="cpu", cores=2, read_GBps=1.0), model="m.gguf", model_bytes=1e8,
+                              threads=2, max_tokens=8, setups=[dict(setup="x", threads_per_replica=1, levels=[lv])]))
+    assert "| x | 1 | 4 |" in table
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the replicas' processes in /proc")
 def test_a_killed_replica_fails_its_requests_and_is_replaced(url, stock):
     wait_for_replicas(2)
