@@ -145,6 +145,28 @@ def stock_speed(path: str, threads: int, n: int = 16) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def prompt_speed(engine_path: str, stock_path: str, threads: int, n: int = 512, rounds: int = 3) -> Dict:
+    """Prompt processing: tokens/s of one n-token prompt through Llama.eval (n_batch = n, the last token's logits
+    only), this engine against stock llama-cpp-python on the same weights converted, alternated, median of rounds."""
+    import statistics
+
+    import llama_cpp
+
+    from ..llama import Llama
+
+    prompt = [100 + (i * 7919) % 30000 for i in range(n)]
+    kw = dict(n_ctx=n + 64, n_batch=n, n_ubatch=n, n_threads=threads, n_threads_batch=threads, verbose=False)
+    ours, stock = Llama(engine_path, **kw), llama_cpp.Llama(stock_path, **kw)
+    out = {"engine": [], "stock": []}
+    for _ in range(rounds):
+        for name, llm in (("engine", ours), ("stock", stock)):
+            llm.reset()
+            t0 = time.perf_counter()
+            llm.eval(prompt)
+            out[name].append(n / (time.perf_counter() - t0))
+    return {"n": n, "engine_tok_s": statistics.median(out["engine"]), "stock_tok_s": statistics.median(out["stock"])}
+
+
 def run(n_layers: int = 30, threads: int = None, log=print, tokenizer_from: str = None) -> Dict:
     from .. import _native
     from ..backbones.i2s.convert import convert
@@ -184,6 +206,9 @@ def run(n_layers: int = 30, threads: int = None, log=print, tokenizer_from: str 
             dst = os.path.join(d, f"{to}.gguf")
             convert(src, dst, to=to, log=lambda m: None)
             s["stock_tok_s"][to] = stock_speed(dst, threads)
+            if to == "tq2_0":
+                log("a 512-token prompt: the engine against stock llama.cpp's TQ2_0 ...")
+                s["prompt"] = prompt_speed(src, dst, threads)
             os.remove(dst)
     return s
 
@@ -218,6 +243,10 @@ def format_table(s: Dict) -> str:
                                  for k, v in pb["trees"].items()))
         lines.append("stock llama.cpp on the same weights: " + ", ".join(
             f"{to.upper()} {v:.2f} tok/s" for to, v in s["stock_tok_s"].items()))
+    if s.get("prompt"):
+        pp = s["prompt"]
+        lines.append(f"a {pp['n']}-token prompt through Llama.eval: engine {pp['engine_tok_s']:.1f} tok/s, stock "
+                     f"llama.cpp TQ2_0 {pp['stock_tok_s']:.1f} tok/s ({pp['engine_tok_s'] / pp['stock_tok_s']:.2f}x)")
     return "\n".join(lines)
 
 
