@@ -64,7 +64,7 @@ void tile(int mt, const uint8_t* row, int nb, const int8_t* q, int K, int32_t* o
     }
 }
 
-// c_rows rows against c_mt (1 or 2) tokens. One row and one token leave a single accumulator: VNNI's four
+// c_rows rows against c_mt (1 to 4) tokens. One row and one token leave a single accumulator: VNNI's four
 // vpdpbusd per block then form one dependency chain (latency 5, so a row ran at a fifth of the instruction's
 // rate), and each row pays its horizontal sum for a few blocks. Rows side by side share each block's activation
 // loads and run c_rows * c_mt independent chains. out is [c_mt][c_rows]. Integer sums: the same int32 results.
@@ -101,18 +101,21 @@ inline void rows_tile(const uint8_t* row, size_t stride, int nb, const int8_t* q
         for (int r = 0; r < c_rows; ++r) out[m * c_rows + r] = hsum256_i32(acc[r][m]);
 }
 
-// Rows per multi-row tile for mt tokens (1: the single-row tile). VNNI builds have 32 vector registers.
+// Rows per multi-row tile for mt tokens (1: the single-row tile). VNNI builds have 32 vector registers, and
+// vpdpbusd's latency wants about eight chains.
 template <bool vnni>
 constexpr int tile_rows(int mt) {
-    return mt == 1 ? (vnni ? 8 : 4) : mt == 2 ? (vnni ? 4 : 2) : 1;
+    return mt == 1 ? (vnni ? 8 : 4) : mt == 2 ? (vnni ? 4 : 2) : (vnni && mt <= 4) ? 2 : 1;
 }
 
 template <bool vnni>
 void multi_row_tile(int mt, const uint8_t* row, size_t stride, int nb, const int8_t* q, int K, int32_t* out) {
-    if (mt == 1)
-        rows_tile<tile_rows<vnni>(1), 1, vnni>(row, stride, nb, q, K, out);
-    else
-        rows_tile<tile_rows<vnni>(2), 2, vnni>(row, stride, nb, q, K, out);
+    switch (mt) {
+        case 1: rows_tile<tile_rows<vnni>(1), 1, vnni>(row, stride, nb, q, K, out); break;
+        case 2: rows_tile<tile_rows<vnni>(2), 2, vnni>(row, stride, nb, q, K, out); break;
+        case 3: rows_tile<tile_rows<vnni>(3), 3, vnni>(row, stride, nb, q, K, out); break;
+        default: rows_tile<tile_rows<vnni>(4), 4, vnni>(row, stride, nb, q, K, out); break;
+    }
 }
 #endif
 
@@ -241,14 +244,14 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
             const int8_t* qa = q + (size_t)m0 * K;
             int r = rg;
 #ifdef MEDUSA_VNNI
-            if (kernel == KERNEL_VNNI && mt <= 2)
+            if (kernel == KERNEL_VNNI && tile_rows<true>(mt) > 1)
                 for (const int R = tile_rows<true>(mt); r + R <= rend; r += R) {
                     multi_row_tile<true>(mt, w + r * stride, stride, nb, qa, K, s);
                     store(r, R, m0, mt);
                 }
 #endif
 #ifdef MEDUSA_AVX2
-            if (kernel == KERNEL_AVX2 && mt <= 2)
+            if (kernel == KERNEL_AVX2 && tile_rows<false>(mt) > 1)
                 for (const int R = tile_rows<false>(mt); r + R <= rend; r += R) {
                     multi_row_tile<false>(mt, w + r * stride, stride, nb, qa, K, s);
                     store(r, R, m0, mt);

@@ -41,27 +41,35 @@ def gemm_table(n_layers: int, threads: int, reps: int = 3, kernel: str = None):
     return rows, wbytes
 
 
-def decode_speed(path: str, threads: int, n: int = 16) -> Dict:
+def decode_speed(path: str, threads: int, n: int = 16, rounds: int = 5) -> Dict:
+    """Single-token decode (median over rounds of n tokens) and tree passes of T nodes, each timed right after a
+    round of single tokens and reported as the median of its ratio to that round's token: on a shared machine the
+    ratio drifts less than either time."""
+    import statistics
+
     from ..backbones.i2s.engine import BitnetModel
 
     m = BitnetModel(path, n_ctx=256, n_threads=threads)
     prompt = list(range(100, 108))
     m.forward(prompt, logits=False)
     m.commit(range(len(prompt)))
-    t0 = time.perf_counter()
-    tok = 1000
-    for _ in range(n):
-        _, lg = m.forward([tok])
-        m.commit([0])
-        tok = int(np.argmax(lg[0]))
-    single = (time.perf_counter() - t0) / n
-    tree = {}
-    for T in (4, 16, 64):
-        parents = [-1] + [i // 2 for i in range(T - 1)]  # a binary tree in batch order
+    tok, singles, ratios = 1000, [], {T: [] for T in (4, 16, 64)}
+    for _ in range(rounds):
+        m.truncate(len(prompt))
         t0 = time.perf_counter()
-        m.forward([tok] * T, parents)
-        tree[T] = time.perf_counter() - t0
-    return {"s_per_token": single, "tok_s": 1 / single, "tree_s": tree}
+        for _ in range(n):
+            _, lg = m.forward([tok])
+            m.commit([0])
+            tok = int(np.argmax(lg[0]))
+        singles.append((time.perf_counter() - t0) / n)
+        for T in ratios:
+            parents = [-1] + [i // 2 for i in range(T - 1)]  # a binary tree in batch order
+            t0 = time.perf_counter()
+            m.forward([tok] * T, parents)
+            ratios[T].append((time.perf_counter() - t0) / singles[-1])
+    single = statistics.median(singles)
+    return {"s_per_token": single, "tok_s": 1 / single,
+            "tree_s": {T: statistics.median(r) * single for T, r in ratios.items()}}
 
 
 class ReplayDrafter:
@@ -101,10 +109,13 @@ REPLAYED = {"2.08 tokens/pass (0.57 per depth)": [0.57, 0.57, 0.57],
             "SmolLM2 heads' rates (0.39, 0.41, 0.56)": [0.39, 0.41, 0.56]}
 
 
-def tree_upper_bound(path: str, threads: int, n: int = 48) -> Dict:
+def tree_upper_bound(path: str, threads: int, n: int = 48, rounds: int = 3) -> Dict:
     """Plain greedy vs tree decoding through Llama with replayed drafts (ReplayDrafter), side by side: perfect
     chains of 1-3, then chain-3 at the REPLAYED acceptance rates. The plain run is also the engine's speed through
-    the Llama API (llama.cpp tokenizer + sampler chain). Every output must equal plain decoding's."""
+    the Llama API (llama.cpp tokenizer + sampler chain). Every output must equal plain decoding's. Median of
+    `rounds` rounds, each variant's speedup taken against the plain run of its own round."""
+    import statistics
+
     from ..llama import Llama
 
     prompt = list(range(100, 108))
@@ -118,20 +129,28 @@ def tree_upper_bound(path: str, threads: int, n: int = 48) -> Dict:
             out.append(next(gen))
         return out, time.perf_counter() - t0
 
-    ref, t_plain = timed(plain)
+    ref, _ = timed(plain)
     runs = [(name, depth, None) for name, depth in (("chain-1", 1), ("chain-2", 2), ("chain-3", 3))]
     runs += [(f"chain-3, {label}", 3, rates) for label, rates in REPLAYED.items()]
+    llms = {name: Llama(path, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False,
+                        medusa_heads=ReplayDrafter(prompt + ref, depth, rates), medusa_choices=f"chain-{depth}")
+            for name, depth, rates in runs}
+    speedups, plain_s = {name: [] for name in llms}, []
+    for _ in range(rounds):  # each variant beside a plain run of the same round: the median of the ratios
+        out, t_plain = timed(plain)
+        plain_s.append(t_plain)
+        for name, llm in llms.items():
+            out, t = timed(llm)
+            if out != ref:
+                raise RuntimeError(f"{name}: tree decoding differs from plain decoding")
+            speedups[name].append(t_plain / t)
     rows = {}
-    for name, depth, rates in runs:
-        llm = Llama(path, n_ctx=256, n_threads=threads, n_threads_batch=threads, verbose=False,
-                    medusa_heads=ReplayDrafter(prompt + ref, depth, rates), medusa_choices=f"chain-{depth}")
-        out, t = timed(llm)
-        if out != ref:
-            raise RuntimeError(f"{name}: tree decoding differs from plain decoding")
-        rows[name] = {"speedup": t_plain / t, "tokens_per_pass": llm.medusa_stats.mean_accepted}
+    for name, _, rates in runs:
+        rows[name] = {"speedup": statistics.median(speedups[name]),
+                      "tokens_per_pass": llms[name].medusa_stats.mean_accepted}
         if rates is not None:
             rows[name]["expected_tokens_per_pass"] = chain_tokens_per_pass(rates)
-    return {"plain_tok_s": n / t_plain, "trees": rows}
+    return {"plain_tok_s": n / statistics.median(plain_s), "trees": rows}
 
 
 def stock_speed(path: str, threads: int, n: int = 16) -> float:
