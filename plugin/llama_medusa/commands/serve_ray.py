@@ -52,8 +52,9 @@ class MedusaReplica:
     """One replica: loads the models named by the settings (dicts, as they travel between processes)."""
 
     def __init__(self, server_settings: dict, model_settings: List[dict]):
+        # not `self.app`: Serve's ingress wrapper defines that name
         self.medusa_app = create_app(ServerSettings.model_validate(server_settings),
-                              [MedusaModelSettings.model_validate(m) for m in model_settings])
+                                     [MedusaModelSettings.model_validate(m) for m in model_settings])
         self.medusa_app.add_middleware(_ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
 
     def __serve_build_asgi_app__(self):
