@@ -117,6 +117,21 @@ void multi_row_tile(int mt, const uint8_t* row, size_t stride, int nb, const int
         default: rows_tile<tile_rows<vnni>(4), 4, vnni>(row, stride, nb, q, K, out); break;
     }
 }
+
+// Rows [r, rend) against one tile of mt tokens: multi-row tiles while they fit, then one row at a time; put(r, n)
+// stores the n rows from r that out holds.
+template <bool vnni, class Put>
+void rows_in_tiles(int mt, const uint8_t* w, size_t stride, int nb, const int8_t* q, int K, int r, int rend,
+                   int32_t* out, Put put) {
+    for (const int R = tile_rows<vnni>(mt); R > 1 && r + R <= rend; r += R) {
+        multi_row_tile<vnni>(mt, w + r * stride, stride, nb, q, K, out);
+        put(r, R);
+    }
+    for (; r < rend; ++r) {
+        tile<vnni>(mt, w + r * stride, nb, q, K, out);
+        put(r, 1);
+    }
+}
 #endif
 
 enum : int { KERNEL_SCALAR = 0, KERNEL_AVX2 = 1, KERNEL_VNNI = 2, N_KERNELS = 3 };
@@ -232,44 +247,29 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
     [[maybe_unused]] const int nb = K / 128;
     const size_t stride = K / 4;
     int32_t s[64];
-    auto store = [&](int r, int n_rows, int m0, int mt) {  // s is [mt][n_rows]
-        for (int m = 0; m < mt; ++m)
-            for (int i = 0; i < n_rows; ++i)
-                y[(size_t)(m0 + m) * N + r + i] = (float)(s[m * n_rows + i] - qsum[m0 + m]) / qscale[m0 + m] * wscale;
-    };
     for (int rg = r0; rg < r1; rg += 8) {  // eight rows stay in L1 while every tile of tokens passes over them
         const int rend = std::min(r1, rg + 8);
         for (int m0 = 0; m0 < M; m0 += 8) {
             const int mt = std::min(8, M - m0);
             const int8_t* qa = q + (size_t)m0 * K;
-            int r = rg;
+            auto put = [&](int r, int n_rows) {  // s is [mt][n_rows]
+                for (int m = 0; m < mt; ++m)
+                    for (int i = 0; i < n_rows; ++i)
+                        y[(size_t)(m0 + m) * N + r + i] =
+                            (float)(s[m * n_rows + i] - qsum[m0 + m]) / qscale[m0 + m] * wscale;
+            };
+            switch (kernel) {
 #ifdef MEDUSA_VNNI
-            if (kernel == KERNEL_VNNI && tile_rows<true>(mt) > 1)
-                for (const int R = tile_rows<true>(mt); r + R <= rend; r += R) {
-                    multi_row_tile<true>(mt, w + r * stride, stride, nb, qa, K, s);
-                    store(r, R, m0, mt);
-                }
+                case KERNEL_VNNI: rows_in_tiles<true>(mt, w, stride, nb, qa, K, rg, rend, s, put); break;
 #endif
 #ifdef MEDUSA_AVX2
-            if (kernel == KERNEL_AVX2 && tile_rows<false>(mt) > 1)
-                for (const int R = tile_rows<false>(mt); r + R <= rend; r += R) {
-                    multi_row_tile<false>(mt, w + r * stride, stride, nb, qa, K, s);
-                    store(r, R, m0, mt);
-                }
+                case KERNEL_AVX2: rows_in_tiles<false>(mt, w, stride, nb, qa, K, rg, rend, s, put); break;
 #endif
-            for (; r < rend; ++r) {
-                const uint8_t* row = w + r * stride;
-                switch (kernel) {
-#ifdef MEDUSA_VNNI
-                    case KERNEL_VNNI: tile<true>(mt, row, nb, qa, K, s); break;
-#endif
-#ifdef MEDUSA_AVX2
-                    case KERNEL_AVX2: tile<false>(mt, row, nb, qa, K, s); break;
-#endif
-                    default:
-                        for (int m = 0; m < mt; ++m) s[m] = i2s_row_codes_dot(row, qa + (size_t)m * K, K);
-                }
-                store(r, 1, m0, mt);
+                default:
+                    for (int r = rg; r < rend; ++r) {
+                        for (int m = 0; m < mt; ++m) s[m] = i2s_row_codes_dot(w + r * stride, qa + (size_t)m * K, K);
+                        put(r, 1);
+                    }
             }
         }
     }
