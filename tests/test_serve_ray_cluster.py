@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import llama_cpp  # noqa: F401  (before numpy on some images)
 import pytest
@@ -18,6 +17,8 @@ import pytest
 pytest.importorskip("ray.serve", reason="the ray extra (ray[serve]) is part of .[test]")
 import httpx  # noqa: E402
 from conftest import N_CTX  # noqa: E402
+
+from llama_medusa.commands.serve_bench import wait_ready  # noqa: E402
 
 RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
 
@@ -42,16 +43,11 @@ def test_serve_ray_joins_the_cluster_at_ray_address(model_path, tmp_path):
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        url, end = f"http://127.0.0.1:{http}", time.time() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < end, "no answer within 180 s:\n" + (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
+        url = f"http://127.0.0.1:{http}"
+        try:
+            wait_ready(url, proc, timeout=180)
+        except RuntimeError as e:
+            pytest.fail(f"{e}:\n" + (tmp_path / "serve.log").read_text()[-3000:])
         status = subprocess.run([RAY, "status"], capture_output=True, text=True, env=env, timeout=60).stdout
         assert "1.0/1.0 CPU" in status, status  # the replica runs on the cluster's node, holding its one CPU
         prompt = "Q: Name three colours of the rainbow.\nA:"
