@@ -71,20 +71,57 @@ void BitnetEngine::ternary_linear(const TernaryWeight& w, int M, float* y) {
     });
 }
 
+#ifdef __AVX512F__
+// R F16 rows against MC vectors, 16 lanes at a time: with more than one token the projection is bound by its
+// multiply-adds (a 2B-4T tree of four spent as long in it as in all the ternary matmuls), and AVX-512 doubles the
+// lanes per instruction. Each output keeps one accumulator and one summation order whatever R and MC, so a node's
+// logits do not depend on the batch around it.
+template <int R, int MC>
+inline void project_block(const uint16_t* w, size_t ldw, const float* x, size_t ldx, int n, float* out, size_t ldo) {
+    __m512 acc[MC][R];
+    for (int m = 0; m < MC; ++m)
+        for (int r = 0; r < R; ++r) acc[m][r] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 xv[MC];
+        for (int m = 0; m < MC; ++m) xv[m] = _mm512_loadu_ps(x + m * ldx + i);
+        for (int r = 0; r < R; ++r) {
+            if (i % 32 == 0) _mm_prefetch((const char*)(w + r * ldw + i) + 4096, _MM_HINT_T0);
+            const __m512 wv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(w + r * ldw + i)));
+            for (int m = 0; m < MC; ++m) acc[m][r] = _mm512_fmadd_ps(wv, xv[m], acc[m][r]);
+        }
+    }
+    for (int m = 0; m < MC; ++m)
+        for (int r = 0; r < R; ++r) {
+            float v = _mm512_reduce_add_ps(acc[m][r]);
+            for (int j = i; j < n; ++j) v += fp16_to_fp32(w[r * ldw + j]) * x[m * ldx + j];
+            out[m * ldo + r] = v;
+        }
+}
+
+template <int MC>
+void project_rows(const uint16_t* w, int rows, int n, const float* x, float* y, size_t ldy) {
+    constexpr int R = MC == 1 ? 8 : MC <= 4 ? 4 : 2;  // R x MC accumulators within the 32 registers
+    int r = 0;
+    for (; r + R <= rows; r += R) project_block<R, MC>(w + (size_t)r * n, n, x, n, n, y + r, ldy);
+    for (; r < rows; ++r) project_block<1, MC>(w + (size_t)r * n, n, x, n, n, y + r, ldy);
+}
+#endif
+
 void BitnetEngine::project(const float* hidden, int M, float* logits) {
     const int H = c_.n_embd, V = c_.n_vocab;
     const int tasks = (V + 255) / 256;
-    pool_.run(tasks, [&](int t) {
-        float out[8];
-        for (int v = t * 256; v < std::min(V, t * 256 + 256); ++v) {
-            const uint16_t* row = output_ + (size_t)v * H;
-            for (int m0 = 0; m0 < M; m0 += 8) {
-                const int mt = std::min(8, M - m0);
-                const float* x = hidden + (size_t)m0 * H;
-                with_width(mt, [&](auto m) { dot_f16<decltype(m)::value>(row, x, H, out); });
-                for (int m = 0; m < mt; ++m) logits[(size_t)(m0 + m) * V + v] = out[m];
-            }
-        }
+    pool_.run(tasks, [&](int t) {  // several rows at a time for a batch of one: independent FMA chains
+        const int v0 = t * 256, rows = std::min(V, v0 + 256) - v0;
+#ifdef __AVX512F__
+        for (int m0 = 0; m0 < M; m0 += 8)
+            with_width(M - m0, [&](auto mc) {
+                project_rows<decltype(mc)::value>(output_ + (size_t)v0 * H, rows, H, hidden + (size_t)m0 * H,
+                                                  logits + (size_t)m0 * V + v0, V);
+            });
+#else
+        matmul_rows(output_ + (size_t)v0 * H, rows, H, hidden, H, M, logits + v0, V);
+#endif
     });
 }
 
@@ -152,10 +189,14 @@ void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int3
         quantize_input(h.data(), M, H);  // once for gate and up
         ternary_linear(L.w_gate, M, g.data());
         ternary_linear(L.w_up, M, u.data());
-        for (size_t e = 0; e < g.size(); ++e) {
-            const float z = g[e];
-            g[e] = (c_.relu2 ? (z > 0.f ? z * z : 0.f) : z / (1.0f + std::exp(-z))) * u[e];
-        }
+        // the gate on the pool: SiLU's exp over M x n_ff values took a sixth of a tree pass on one thread
+        const int chunks = (int)((g.size() + 4095) / 4096);
+        pool_.run(chunks, [&](int c) {
+            for (size_t e = (size_t)c * 4096; e < std::min(g.size(), (size_t)(c + 1) * 4096); ++e) {
+                const float z = g[e];
+                g[e] = (c_.relu2 ? (z > 0.f ? z * z : 0.f) : z / (1.0f + std::exp(-z))) * u[e];
+            }
+        });
         for (int i = 0; i < M; ++i) rms_norm(&g[(size_t)i * F], L.ffn_sub_norm, F, c_.eps, &u[(size_t)i * F]);
         quantize_input(u.data(), M, F);
         ternary_linear(L.w_down, M, a.data());

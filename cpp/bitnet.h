@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "ternary_gemm.h"
 #include "threads.h"
 
 namespace medusa {
@@ -67,7 +68,7 @@ private:
     ThreadPool pool_;
     int n_past_ = 0;
     std::vector<float> kcache_, vcache_;  // [layer][slot][n_head_kv * head_dim]
-    std::vector<int8_t> q8_;
+    std::vector<int8_t, CacheAligned<int8_t>> q8_;
     std::vector<float> qscale_;
     std::vector<int32_t> qsum_;
     int q_cols_ = 0;

@@ -138,10 +138,14 @@ static inline void dot_block(const W* w, size_t ldw, const float* x, size_t ldx,
     __m256 acc[MC][R];
     for (int m = 0; m < MC; m++)
         for (int r = 0; r < R; r++) acc[m][r] = _mm256_setzero_ps();
+    constexpr int per_line = 64 / sizeof(W);  // weights per cache line: each row prefetched a line at a time
     for (; i + 8 <= n; i += 8) {
         __m256 xv[MC];
         for (int m = 0; m < MC; m++) xv[m] = _mm256_loadu_ps(x + m * ldx + i);
         for (int r = 0; r < R; r++) {
+            // 4 KB ahead of the row's stream: the projections stream their weights from memory, and a batch of
+            // one does too little work per byte for the core's window to cover the latency (as in ternary_gemm)
+            if (i % per_line == 0) _mm_prefetch((const char*)(w + r * ldw + i) + 4096, _MM_HINT_T0);
             const __m256 wv = load8(w + r * ldw + i);
             for (int m = 0; m < MC; m++) acc[m][r] = _mm256_fmadd_ps(wv, xv[m], acc[m][r]);
         }

@@ -16,6 +16,14 @@ namespace {
 #endif
 
 #ifdef MEDUSA_AVX2
+// Each row stream is prefetched this far ahead, one cache line per 64 bytes read. With a few vector operations per
+// weight byte the core's window holds too few loads to cover memory latency, and the hardware prefetchers alone left
+// the one-token kernel at two thirds of the read bandwidth that a bare streaming loop reaches (BENCHMARKS.md, I2_S).
+// A prefetch past the matrix is harmless: it never faults.
+constexpr int PREFETCH_AHEAD = 4096;
+
+inline void prefetch_ahead(const uint8_t* p) { _mm_prefetch((const char*)p + PREFETCH_AHEAD, _MM_HINT_T0); }
+
 // c_mt tokens against one weight row: the row's 32-byte blocks are decoded to 4 code vectors once and multiplied
 // (unsigned codes 0..2 by signed int8 activations) with every token of the tile. AVX2: maddubs, whose int16 pair
 // sums fit (at most 2 * 2 * 128 per lane, 4 per block), widened to int32 per block; VNNI: one vpdpbusd per 32
@@ -27,6 +35,7 @@ inline void row_tile(const uint8_t* row, int nb, const int8_t* q, int K, int32_t
     __m256i acc[c_mt];
     for (int m = 0; m < c_mt; ++m) acc[m] = _mm256_setzero_si256();
     for (int b = 0; b < nb; ++b) {
+        if (!(b & 1)) prefetch_ahead(row + 32 * b);
         const __m256i w = _mm256_loadu_si256((const __m256i*)(row + 32 * b));
         const __m256i c[4] = {_mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
                               _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
@@ -80,6 +89,7 @@ inline void rows_tile(const uint8_t* row, size_t stride, int nb, const int8_t* q
         for (int m = 0; m < c_mt; ++m)
             for (int g = 0; g < 4; ++g) a[m][g] = _mm256_loadu_si256((const __m256i*)(q + (size_t)m * K + 128 * b + 32 * g));
         for (int r = 0; r < c_rows; ++r) {
+            if (!(b & 1)) prefetch_ahead(row + r * stride + 32 * b);
             const __m256i w = _mm256_loadu_si256((const __m256i*)(row + r * stride + 32 * b));
             const __m256i c[4] = {_mm256_and_si256(_mm256_srli_epi16(w, 6), mask),
                                   _mm256_and_si256(_mm256_srli_epi16(w, 4), mask),
@@ -101,11 +111,54 @@ inline void rows_tile(const uint8_t* row, size_t stride, int nb, const int8_t* q
         for (int r = 0; r < c_rows; ++r) out[m * c_rows + r] = hsum256_i32(acc[r][m]);
 }
 
-// Rows per multi-row tile for mt tokens (1: the single-row tile). VNNI builds have 32 vector registers, and
-// vpdpbusd's latency wants about eight chains.
+#ifdef MEDUSA_VNNI
+// One token against one row with VNNI, decoding by masks alone: w & (3 << 2j) is code * 4^j in place, so each of the
+// four code groups gets its own accumulator, scaled by 4^j, and an exact arithmetic shift undoes the scale at the
+// end (every lane of that accumulator is a multiple of 4^j). Four masks per 128 weights instead of three shifts and
+// four masks, and with two blocks unrolled eight independent chains hide vpdpbusd's latency in a single row.
+// Overflow: |code * 4^j| <= 128 and |q| <= 128, so a lane gains at most 4 * 128 * 128 = 2^16 per block: K up to
+// 2^22 fits int32.
+inline int32_t one_token_row_vnni(const uint8_t* row, int nb, const int8_t* q) {
+    const __m256i mk[4] = {_mm256_set1_epi8((char)0xC0), _mm256_set1_epi8(0x30), _mm256_set1_epi8(0x0C),
+                           _mm256_set1_epi8(0x03)};
+    __m256i acc[2][4];
+    for (int u = 0; u < 2; ++u)
+        for (int g = 0; g < 4; ++g) acc[u][g] = _mm256_setzero_si256();
+    auto block = [&](int u, int b) {
+        const __m256i w = _mm256_loadu_si256((const __m256i*)(row + 32 * b));
+        for (int g = 0; g < 4; ++g)
+            acc[u][g] = _mm256_dpbusd_epi32(acc[u][g], _mm256_and_si256(w, mk[g]),
+                                            _mm256_loadu_si256((const __m256i*)(q + 128 * b + 32 * g)));
+    };
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        prefetch_ahead(row + 32 * b);
+        block(0, b);
+        block(1, b + 1);
+    }
+    if (b < nb) block(0, b);
+    __m256i s = _mm256_setzero_si256();
+    for (int u = 0; u < 2; ++u)
+        s = _mm256_add_epi32(s, _mm256_add_epi32(_mm256_add_epi32(_mm256_srai_epi32(acc[u][0], 6),
+                                                                  _mm256_srai_epi32(acc[u][1], 4)),
+                                                 _mm256_add_epi32(_mm256_srai_epi32(acc[u][2], 2), acc[u][3])));
+    return hsum256_i32(s);
+}
+#endif
+
+// Rows per multi-row tile for mt tokens (1: the single-row tile; VNNI's one-token rows are one_token_row_vnni).
+// VNNI builds have 32 vector registers, and vpdpbusd's latency wants about eight chains.
 template <bool vnni>
 constexpr int tile_rows(int mt) {
-    return mt == 1 ? (vnni ? 8 : 4) : mt == 2 ? (vnni ? 4 : 2) : (vnni && mt <= 4) ? 2 : 1;
+    return mt == 1 ? (vnni ? 1 : 4) : mt == 2 ? (vnni ? 4 : 2) : (vnni && mt <= 4) ? 2 : 1;
+}
+
+// Tokens per tile: VNNI runs two-row tiles of up to four tokens (the 32 registers hold 2 x 4 accumulators and
+// 16 activation vectors), so five to eight tokens pass over the row group twice while it sits in L1; AVX2's 16
+// registers take one row against up to eight.
+template <bool vnni>
+constexpr int tile_tokens() {
+    return vnni ? 4 : 8;
 }
 
 template <bool vnni>
@@ -123,6 +176,15 @@ void multi_row_tile(int mt, const uint8_t* row, size_t stride, int nb, const int
 template <bool vnni, class Put>
 void rows_in_tiles(int mt, const uint8_t* w, size_t stride, int nb, const int8_t* q, int K, int r, int rend,
                    int32_t* out, Put put) {
+#ifdef MEDUSA_VNNI
+    if (vnni && mt == 1) {
+        for (; r < rend; ++r) {
+            out[0] = one_token_row_vnni(w + r * stride, nb, q);
+            put(r, 1);
+        }
+        return;
+    }
+#endif
     for (const int R = tile_rows<vnni>(mt); R > 1 && r + R <= rend; r += R) {
         multi_row_tile<vnni>(mt, w + r * stride, stride, nb, q, K, out);
         put(r, R);
@@ -185,16 +247,49 @@ void set_ternary_kernel(int kernel) { g_kernel.store(kernel, std::memory_order_r
 void quantize_acts(const float* x, int M, int K, int8_t* q, float* scale, int32_t* sum) {
     for (int m = 0; m < M; ++m) {
         const float* r = x + (size_t)m * K;
+        int8_t* qr = q + (size_t)m * K;
         float amax = 0.f;
-        for (int k = 0; k < K; ++k) amax = std::max(amax, std::fabs(r[k]));
-        const double mx = std::max(1e-5, (double)amax);
-        const float s = (float)(127.0 / mx);
+        int k = 0;
+#ifdef MEDUSA_AVX2
+        // the same maximum and the same rounding (round-half-even, then the clamp) as the scalar loop, 32 at a time:
+        // a tree pass quantises every node's input four times per layer, on one thread
+        __m256 mx = _mm256_setzero_ps();
+        const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+        for (; k + 8 <= K; k += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(r + k), abs_mask));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        amax = _mm_cvtss_f32(m4);
+#endif
+        for (; k < K; ++k) amax = std::max(amax, std::fabs(r[k]));
+        const double mx_d = std::max(1e-5, (double)amax);
+        const float s = (float)(127.0 / mx_d);
         int32_t t = 0;
-        for (int k = 0; k < K; ++k) {
+        k = 0;
+#ifdef MEDUSA_AVX2
+        const __m256 sv = _mm256_set1_ps(s);
+        const __m256i lo = _mm256_set1_epi32(-128), hi = _mm256_set1_epi32(127);
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        __m256i tv = _mm256_setzero_si256();
+        for (; k + 32 <= K; k += 32) {
+            __m256i v[4];
+            for (int j = 0; j < 4; ++j) {
+                const __m256 f = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(r + k + 8 * j), sv),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                v[j] = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvtps_epi32(f), hi), lo);
+                tv = _mm256_add_epi32(tv, v[j]);
+            }
+            // packs interleave the 128-bit lanes; the permutation puts the 32 bytes back in order
+            const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+            _mm256_storeu_si256((__m256i*)(qr + k), _mm256_permutevar8x32_epi32(b, order));
+        }
+        t = hsum256_i32(tv);
+#endif
+        for (; k < K; ++k) {
             const float v = r[k] * s;
             int iv = (int)std::nearbyint(v);  // default rounding mode: half to even, as bitnet.cpp's nearest_int
             iv = std::clamp(iv, -128, 127);
-            q[(size_t)m * K + k] = (int8_t)iv;
+            qr[k] = (int8_t)iv;
             t += iv;
         }
         scale[m] = s;
@@ -247,10 +342,15 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
     [[maybe_unused]] const int nb = K / 128;
     const size_t stride = K / 4;
     int32_t s[64];
+#ifdef MEDUSA_AVX2
+    const int tt = kernel == KERNEL_VNNI ? tile_tokens<true>() : tile_tokens<false>();
+#else
+    const int tt = 8;
+#endif
     for (int rg = r0; rg < r1; rg += 8) {  // eight rows stay in L1 while every tile of tokens passes over them
         const int rend = std::min(r1, rg + 8);
-        for (int m0 = 0; m0 < M; m0 += 8) {
-            const int mt = std::min(8, M - m0);
+        for (int m0 = 0; m0 < M; m0 += tt) {
+            const int mt = std::min(tt, M - m0);
             const int8_t* qa = q + (size_t)m0 * K;
             auto put = [&](int r, int n_rows) {  // s is [mt][n_rows]
                 for (int m = 0; m < mt; ++m)

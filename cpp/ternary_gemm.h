@@ -5,10 +5,29 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <vector>
 
 namespace medusa {
+
+// Allocator for the quantised activations the kernels read in 32-byte pieces: 64-byte alignment keeps every piece
+// inside one cache line (a std::vector's 16 bytes split every other load across two).
+template <class T>
+struct CacheAligned {
+    using value_type = T;
+    CacheAligned() = default;
+    template <class U>
+    CacheAligned(const CacheAligned<U>&) {}
+    T* allocate(size_t n) {
+        if (void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)) return static_cast<T*>(p);
+        throw std::bad_alloc();
+    }
+    void deallocate(T* p, size_t) { std::free(p); }
+    bool operator==(const CacheAligned&) const { return true; }
+    bool operator!=(const CacheAligned&) const { return false; }
+};
 
 // x [M, K] -> q [M, K], scale [M] = (float)(127 / max(absmax, 1e-5)), sum [M] = row sums of q.
 void quantize_acts(const float* x, int M, int K, int8_t* q, float* scale, int32_t* sum);

@@ -33,11 +33,15 @@ def test_pack_rejects_bad_input():
         i2s.unpack(np.full((1, 32), 0xFF, dtype=np.uint8))
 
 
-def test_quantize_matches_bitnet_semantics():
+@pytest.mark.parametrize("K", [640, 645, 31])
+def test_quantize_matches_bitnet_semantics(K):
+    """The vector loop (32 values at a time) and the scalar tail both give the reference's bytes, scales and sums:
+    exact halves round to even, the largest value maps to 127, an all-zero row floors at 1e-5."""
     rng = np.random.default_rng(2)
-    x = (rng.standard_normal((7, 640)) * rng.uniform(0.01, 30, size=(7, 1))).astype(np.float32)
+    x = (rng.standard_normal((7, K)) * rng.uniform(0.01, 30, size=(7, 1))).astype(np.float32)
     x[3] = 0.0  # all-zero row: absmax floors at 1e-5
     x[4, :10] = [0.5, -0.5, 1.5, -1.5, 2.5, 0, 0, 0, 0, 127]  # exact halves after scaling test half-even
+    x[5, -1] = -1000.0  # the extreme value in the tail
     q, s, sm = _native.quantize_acts(x)
     rq, rs, rsm = quantize_ref(x)
     assert (q == rq).all() and (s == rs).all() and (sm == rsm).all()

@@ -11,6 +11,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from .gguf_file import I2_S, GGUFFile, type_name
+from .packing import cache_aligned
 
 ARCHS = {"bitnet-b1.58": True, "bitnet-25": True, "bitnet": False}  # arch -> ReLU^2 FFN (else SiLU)
 TERNARY = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -60,12 +61,13 @@ def choose_kernel(n_threads: int, forced: Optional[str] = None) -> Tuple[str, Di
     if n_threads not in _chosen:
         names = [k for k in _native.ternary_kernels() if k != "scalar"] or ["scalar"]
         rng = np.random.default_rng(0)
-        mats = [rng.integers(0, 256, (1024, 2560 // 4), dtype=np.uint8) & 0xAA for _ in range(6)]
+        mats = [cache_aligned(rng.integers(0, 256, (1024, 2560 // 4), dtype=np.uint8) & 0xAA) for _ in range(6)]
         timings = {}
         for name in names:
             t = 0.0
             for M in (1, 4):
-                acts = {2560: _native.quantize_acts(rng.standard_normal((M, 2560)).astype(np.float32))}
+                acts = {2560: tuple(map(cache_aligned, _native.quantize_acts(rng.standard_normal((M, 2560))
+                                                                             .astype(np.float32))))}
                 t += _native.ternary_sequence_timed(mats, acts, n_threads, 5, name)
             timings[name] = t
         _chosen[n_threads] = (min(timings, key=timings.get), timings)

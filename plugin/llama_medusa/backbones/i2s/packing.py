@@ -33,3 +33,14 @@ def unpack(b: np.ndarray) -> np.ndarray:
     if (codes == 3).any():
         raise ValueError("I2_S data holds code 3 (not a ternary value): the file is corrupt or not canonical 128/32")
     return (codes.astype(np.int8) - 1).reshape(n, kb * 4)
+
+
+def cache_aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of a whose data starts on a 64-byte boundary. The kernels read weights and activations in 32-byte
+    pieces, which a GGUF's 32-byte tensor alignment keeps within cache lines; numpy's large arrays start 16 bytes
+    past one, which splits every other piece and understated the kernels by up to a third in timings."""
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    off = -buf.ctypes.data % 64
+    out = buf[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
