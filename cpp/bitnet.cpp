@@ -7,6 +7,7 @@
 
 #include "dot.h"
 #include "ternary_gemm.h"
+#include "ternary_lut.h"
 #include "tree_attention.h"
 
 namespace medusa {
@@ -15,6 +16,7 @@ namespace {
 
 // Rows per task: enough bytes per task to amortise the pool's hand-off, enough tasks to balance two threads.
 constexpr int ROWS_PER_TASK = 64;
+static_assert(ROWS_PER_TASK % LUT_TILE == 0, "a task takes whole lookup tiles");
 
 
 void rms_norm(const float* x, const float* w, int n, float eps, float* y) {
@@ -60,11 +62,27 @@ void BitnetEngine::quantize_input(const float* x, int M, int K) {
     qsum_.resize(M);
     q_cols_ = K;
     quantize_acts(x, M, K, q8_.data(), qscale_.data(), qsum_.data());
+    if (ternary_kernel() == KERNEL_LUT) {  // its tables, once per input as the quantisation
+        lut_tables_.resize(lut_table_bytes(M, K));
+        lut_tables(q8_.data(), M, K, lut_tables_.data());
+    }
 }
 
-void BitnetEngine::ternary_linear(const TernaryWeight& w, int M, float* y) {
+void BitnetEngine::ternary_linear(TernaryWeight& w, int M, float* y) {
     if (w.cols != q_cols_) throw std::logic_error("ternary_linear: the quantised input does not fit the weight");
-    const int tasks = (w.rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+    const int tasks = (w.rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;  // ROWS_PER_TASK: whole lookup tiles
+    if (ternary_kernel() == KERNEL_LUT && lut_tables_.size() == lut_table_bytes(M, w.cols)) {
+        if (w.lut.empty()) {  // re-laid once, the first time this kernel meets the weight
+            w.lut.resize(lut_packed_bytes(w.rows, w.cols));
+            lut_pack(w.data, w.rows, w.cols, w.lut.data());
+        }
+        pool_.run(tasks, [&](int t) {
+            const int r0 = t * ROWS_PER_TASK, r1 = std::min(w.rows, r0 + ROWS_PER_TASK);
+            lut_gemm_rows(w.lut.data(), w.cols, r0, r1, w.rows, lut_tables_.data(), qscale_.data(), qsum_.data(), M,
+                          w.scale, y);
+        });
+        return;
+    }
     pool_.run(tasks, [&](int t) {
         const int r0 = t * ROWS_PER_TASK, r1 = std::min(w.rows, r0 + ROWS_PER_TASK);
         ternary_gemm_rows(w.data, w.cols, r0, r1, w.rows, q8_.data(), qscale_.data(), qsum_.data(), M, w.scale, y);
@@ -165,7 +183,7 @@ void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int3
     for (int i = 0; i < M; ++i)
         for (int e = 0; e < H; ++e) x[(size_t)i * H + e] = fp16_to_fp32(tok_embd_[(size_t)tokens[i] * H + e]);
     for (int l = 0; l < c_.n_layer; ++l) {
-        const BitnetLayer& L = layers_[l];
+        BitnetLayer& L = layers_[l];
         for (int i = 0; i < M; ++i) rms_norm(&x[(size_t)i * H], L.attn_norm, H, c_.eps, &h[(size_t)i * H]);
         quantize_input(h.data(), M, H);  // once for q, k and v
         ternary_linear(L.wq, M, q.data());

@@ -21,6 +21,7 @@ struct TernaryWeight {
     const uint8_t* data = nullptr;  // [rows, cols/4] canonical I2_S bytes
     float scale = 1.f;
     int rows = 0, cols = 0;
+    std::vector<uint8_t> lut;  // the lookup kernel's layout of data, made when that kernel first runs
 };
 
 struct BitnetLayer {
@@ -58,7 +59,7 @@ private:
     // x [M, K] -> the int8 input the next ternary_linear calls share (q, k and v read the same normed input, as
     // do gate and up: quantised once).
     void quantize_input(const float* x, int M, int K);
-    void ternary_linear(const TernaryWeight& w, int M, float* y);
+    void ternary_linear(TernaryWeight& w, int M, float* y);
     void attention(int layer, const float* q, const int32_t* parents, int M, float* out);
     BitnetConfig c_;
     std::vector<BitnetLayer> layers_;
@@ -69,6 +70,7 @@ private:
     int n_past_ = 0;
     std::vector<float> kcache_, vcache_;  // [layer][slot][n_head_kv * head_dim]
     std::vector<int8_t, CacheAligned<int8_t>> q8_;
+    std::vector<uint8_t, CacheAligned<uint8_t>> lut_tables_;  // the lookup kernel's tables of q8_
     std::vector<float> qscale_;
     std::vector<int32_t> qsum_;
     int q_cols_ = 0;

@@ -13,6 +13,7 @@
 #include "heads.h"
 #include "py_arrays.h"
 #include "ternary_gemm.h"
+#include "ternary_lut.h"
 #include "tree_attention.h"
 #include "bitnet.h"
 #include "dot.h"
@@ -480,7 +481,19 @@ PYBIND11_MODULE(_native, mod) {
                 ops.push_back({w.data(), (int)w.shape(0), K, q.data(), qs.data(), qsum.data(), (int)q.shape(0)});
                 maxNM = std::max(maxNM, (size_t)w.shape(0) * q.shape(0));
             }
+            // "lut": the lookup-table kernel over weights re-laid before timing; each matrix's token tables are
+            // built inside the timed pass, as an engine would build them once per quantised input
             const int kern = kernel_of(kernel);
+            const bool lut = kern == KERNEL_LUT;
+            std::vector<std::vector<uint8_t>> packed;
+            size_t max_tables = 0;
+            if (lut)
+                for (const Op& op : ops) {
+                    packed.emplace_back(lut_packed_bytes(op.N, op.K));
+                    lut_pack(op.w, op.N, op.K, packed.back().data());
+                    max_tables = std::max(max_tables, lut_table_bytes(op.M, op.K));
+                }
+            std::vector<uint8_t, CacheAligned<uint8_t>> tables(max_tables);
             ThreadPool pool(std::max(1, n_threads), ENGINE_SPIN);  // as the engine runs its matmuls
             std::vector<float> y(maxNM);
             std::vector<double> ts;
@@ -488,8 +501,17 @@ PYBIND11_MODULE(_native, mod) {
                 py::gil_scoped_release nogil;
                 for (int r = 0; r < reps + 1; ++r) {
                     const auto t0 = std::chrono::steady_clock::now();
-                    for (const Op& op : ops) {
+                    for (size_t i = 0; i < ops.size(); ++i) {
+                        const Op& op = ops[i];
                         const int tasks = (op.N + 63) / 64;
+                        if (lut) {
+                            lut_tables(op.q, op.M, op.K, tables.data());
+                            pool.run(tasks, [&](int t) {
+                                lut_gemm_rows(packed[i].data(), op.K, t * 64, std::min(op.N, t * 64 + 64), op.N,
+                                              tables.data(), op.s, op.sum, op.M, 1.0f, y.data());
+                            });
+                            continue;
+                        }
                         pool.run(tasks, [&](int t) {
                             ternary_gemm_rows(op.w, op.K, t * 64, std::min(op.N, t * 64 + 64), op.N, op.q, op.s,
                                               op.sum, op.M, 1.0f, y.data(), kern);
@@ -508,8 +530,17 @@ PYBIND11_MODULE(_native, mod) {
             const auto [N, K, M] = medusa_py::check_ternary_gemm(w, wscale, q, scale, sum);
             py::array_t<float> y({M, N});
             // per-row scales are applied after: the kernel takes one tensor scale, as I2_S has
-            ternary_gemm_rows(w.data(), K, 0, N, N, q.data(), scale.data(), sum.data(), M, 1.0f, y.mutable_data(),
-                              kernel_of(kernel));
+            const int kern = kernel_of(kernel);
+            if (kern == KERNEL_LUT) {
+                std::vector<uint8_t> packed(lut_packed_bytes(N, K)), tables(lut_table_bytes(M, K));
+                lut_pack(w.data(), N, K, packed.data());
+                lut_tables(q.data(), M, K, tables.data());
+                lut_gemm_rows(packed.data(), K, 0, N, N, tables.data(), scale.data(), sum.data(), M, 1.0f,
+                              y.mutable_data());
+            } else {
+                ternary_gemm_rows(w.data(), K, 0, N, N, q.data(), scale.data(), sum.data(), M, 1.0f,
+                                  y.mutable_data(), kern);
+            }
             auto yp = y.mutable_unchecked<2>();
             for (int m = 0; m < M; ++m)
                 for (int n = 0; n < N; ++n) yp(m, n) *= wscale.data()[n];
@@ -517,8 +548,20 @@ PYBIND11_MODULE(_native, mod) {
         },
         py::arg("w"), py::arg("wscale"), py::arg("q"), py::arg("scale"), py::arg("sum"), py::arg("kernel") = py::none(),
         "The engine's small-M ternary GEMM with the given kernel (None: the process's); equals ternary_gemm.");
+    mod.def("lut_pack", [](Arr<uint8_t> w) {
+            need_2d(w, "I2_S weights");
+            const int N = (int)w.shape(0), K = (int)w.shape(1) * 4;
+            if (K % 128) throw py::value_error("I2_S rows must hold a multiple of 128 weights, got " + std::to_string(K));
+            py::array_t<uint8_t> out((py::ssize_t)lut_packed_bytes(N, K));
+            {
+                py::gil_scoped_release nogil;
+                lut_pack(w.data(), N, K, out.mutable_data());
+            }
+            return out;
+        },
+        py::arg("w"), "I2_S bytes [N, K/4] -> the lookup kernel's layout (tiles of 32 rows, 4-bit pair indices).");
     mod.def("ternary_kernels", &ternary_kernels_available,
-            "The small-M ternary kernels this build and CPU run: scalar, avx2, avx512_vnni.");
+            "The small-M ternary kernels this build and CPU run: scalar, avx2, avx512_vnni, lut.");
     mod.def("ternary_kernel", []() { return std::string(ternary_kernel_name(ternary_kernel())); },
             "The kernel the engine uses (the best available until set_ternary_kernel).");
     mod.def("set_ternary_kernel", [](std::string name) { set_ternary_kernel(kernel_of(py::str(name))); },
@@ -529,10 +572,10 @@ PYBIND11_MODULE(_native, mod) {
             // against. Enough independent chains to cover the instruction's latency at its full issue rate (12 on
             // AVX2's 16 registers, 16 with AVX-512's 32), so the loop is throughput-bound. MAC/s over all threads.
             const int kind = instruction == "vpmaddubsw" ? 0 : instruction == "vpdpbusd" ? 1
-                           : instruction == "vpdpbusd512" ? 2 : -1;
-            if (kind < 0) throw py::value_error("instruction must be vpmaddubsw, vpdpbusd or vpdpbusd512");
+                           : instruction == "vpdpbusd512" ? 2 : instruction == "vpshufb" ? 3 : -1;
+            if (kind < 0) throw py::value_error("instruction must be vpmaddubsw, vpdpbusd, vpdpbusd512 or vpshufb");
 #if !defined(__AVX512VNNI__) || !defined(__AVX512VL__)
-            if (kind > 0) throw py::value_error(instruction + " is not in this build (no AVX-512 VNNI)");
+            if (kind == 1 || kind == 2) throw py::value_error(instruction + " is not in this build (no AVX-512 VNNI)");
 #endif
             std::vector<double> macs(std::max(1, n_threads));
             py::gil_scoped_release nogil;
@@ -557,6 +600,13 @@ PYBIND11_MODULE(_native, mod) {
                         el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
                     } while (el < seconds);
                 };
+                if (kind == 3) {  // byte lookups: 32 per instruction, each table entry an index into the next
+                    __m256i tbl = _mm256_setr_epi8(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0,
+                                                   1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0), acc[C];
+                    for (int i = 0; i < C; ++i) acc[i] = _mm256_set1_epi8((char)((i + t) & 15));
+                    chains(acc, [&](__m256i x) { return _mm256_shuffle_epi8(tbl, x); });
+                    for (auto& x : acc) sink_v += _mm256_extract_epi8(x, 0);
+                }
                 if (kind == 0) {
                     __m256i b = _mm256_set1_epi8(-2), acc[C];
                     for (int i = 0; i < C; ++i) acc[i] = _mm256_set1_epi8((char)(i + t + 3));

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "dot.h"
+#include "ternary_lut.h"
 
 namespace medusa {
 
@@ -196,8 +197,8 @@ void rows_in_tiles(int mt, const uint8_t* w, size_t stride, int nb, const int8_t
 }
 #endif
 
-enum : int { KERNEL_SCALAR = 0, KERNEL_AVX2 = 1, KERNEL_VNNI = 2, N_KERNELS = 3 };
-const char* const KERNEL_NAMES[N_KERNELS] = {"scalar", "avx2", "avx512_vnni"};
+enum : int { KERNEL_SCALAR = 0, KERNEL_AVX2 = 1, KERNEL_VNNI = 2, N_KERNELS = 4 };
+const char* const KERNEL_NAMES[N_KERNELS] = {"scalar", "avx2", "avx512_vnni", "lut"};
 
 bool kernel_available(int k) {
     switch (k) {
@@ -208,12 +209,13 @@ bool kernel_available(int k) {
 #ifdef MEDUSA_VNNI
         case KERNEL_VNNI: return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
 #endif
+        case KERNEL_LUT: return lut_available();
         default: return false;
     }
 }
 
-int best_kernel() {
-    for (int k = N_KERNELS - 1; k > 0; --k)
+int best_kernel() {  // until a measurement says otherwise: the multiply-add kernels, widest first
+    for (int k = KERNEL_VNNI; k > 0; --k)
         if (kernel_available(k)) return k;
     return KERNEL_SCALAR;
 }
@@ -339,6 +341,7 @@ size_t i2s_find_code3(const uint8_t* data, size_t n) {
 void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
                        const int32_t* qsum, int M, float wscale, float* y, int kernel) {
     if (kernel < 0) kernel = ternary_kernel();
+    if (kernel == KERNEL_LUT) kernel = best_kernel();  // the lookup kernel reads re-laid weights: lut_gemm_rows
     [[maybe_unused]] const int nb = K / 128;
     const size_t stride = K / 4;
     int32_t s[64];

@@ -50,8 +50,11 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
                        const int32_t* qsum, int M, float wscale, float* y, int kernel = -1);
 
 // The small-M kernels, each giving the same int32 sums: "scalar" (any CPU), "avx2" (maddubs), "avx512_vnni"
-// (vpdpbusd on 256-bit lanes). Available = compiled for this build and supported by this CPU. kernel -1 in
-// ternary_gemm_rows means the one set for the process (the best available until set_ternary_kernel).
+// (vpdpbusd on 256-bit lanes), "lut" (table lookups over re-laid weights, ternary_lut.h; ternary_gemm_rows runs
+// the best multiply-add kernel in its place). Available = compiled for this build and supported by this CPU.
+// kernel -1 in ternary_gemm_rows means the one set for the process (the widest multiply-add kernel until
+// set_ternary_kernel).
+constexpr int KERNEL_LUT = 3;
 std::vector<std::string> ternary_kernels_available();
 int ternary_kernel_index(const std::string& name);  // -1 when unknown or not available here
 const char* ternary_kernel_name(int kernel);

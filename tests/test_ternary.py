@@ -96,3 +96,23 @@ def test_no_kernel_runs_past_its_roofline_probe():
                 assert wbytes * 4 * M / t <= 1.15 * peak, (kernel, M, wbytes * 4 * M / t / 1e9, peak / 1e9)
             checked += 1
     assert checked >= 4
+
+
+def test_lookup_layout_puts_pair_indices_where_documented():
+    """lut_pack: tile t, quad u, byte j holds row 32t + j's index of pair 2u (low nibble) and 2u + 1 (high), an
+    index being code(2p) | code(2p + 1) << 2; rows past N are zero. One nonzero weight at a time shows each place."""
+    N, K = 40, 256
+    for n, k, w in ((0, 0, 1), (5, 1, -1), (33, 2, 1), (39, 255, -1), (17, 130, 1)):
+        W = np.zeros((N, K), np.int64)
+        W[n, k] = w
+        packed = _native.lut_pack(i2s.pack(W))
+        assert packed.shape == (64 * K // 4,)  # two tiles of 32 rows
+        tiles = packed.reshape(2, K // 4, 32)
+        code = w + 1
+        u, pair_in_quad, pos = k // 4, (k // 2) % 2, k % 2
+        expect = np.full((2, K // 4, 32), 0x55, np.uint8)  # every other weight is 0: code 1 in each 2-bit field
+        expect[1, :, N - 32:] = 0  # padding rows
+        t, j = n // 32, n % 32
+        nib = (0x5 & ~(3 << (2 * pos))) | code << (2 * pos)
+        expect[t, u, j] = (expect[t, u, j] & (0xF0 if pair_in_quad == 0 else 0x0F)) | nib << (4 * pair_in_quad)
+        assert (tiles == expect).all(), (n, k, w)

@@ -3,9 +3,10 @@
 Q2_0, TQ2_0 and TQ1_0 conversions of the same weights (llama-medusa convert-i2s). The engine is timed twice: bare
 (BitnetModel) and through llama_medusa.Llama (tokenizer and sampler chain from llama.cpp, the decoder's loop).
 
-Roofline: read bandwidth (numpy sum over 256 MB) and the int8 multiply-add peak of a register-only vpmaddubsw
-loop. Ternary GEMM goal (issue): M = 1 near the read bandwidth, M >= 2 near the multiply-add peak counted in
-weight x token products per second.
+Roofline, measured in the same run: the read bandwidth of every thread streaming, and each instruction's peak from
+register-only chains (vpmaddubsw, vpdpbusd on 256 and 512 bits, vpshufb's byte lookups for the table kernel). Each
+GEMM row stands beside its roofline: the slower of streaming its weights at the read bandwidth and multiplying at
+its instruction's peak.
 """
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ TOKENS = (1, 2, 4, 8, 16, 64)
 
 
 # The instruction each ternary kernel multiplies with: its rows are placed beside that instruction's in-run peak.
-KERNEL_INSTRUCTION = {"avx2": "vpmaddubsw", "avx512_vnni": "vpdpbusd"}
+# The lookup kernel's rate is counted in the same multiply-adds; each takes one byte lookup (four 32-byte vpshufb per
+# 32 rows x 4 weights), so its probe is vpshufb's byte lookups per second. Its interleaves use the same shuffle
+# port, which caps that kernel near half of its probe.
+KERNEL_INSTRUCTION = {"avx2": "vpmaddubsw", "avx512_vnni": "vpdpbusd", "lut": "vpshufb"}
 
 
 def gemm_table(n_layers: int, threads: int, rounds: int = 5, kernel: str = None):
@@ -212,7 +216,7 @@ def run(n_layers: int = 30, threads: int = None, log=print, tokenizer_from: str 
     roof["numpy_read_GBps"] = roof.pop("read_GBps")  # one thread: not a ceiling for a kernel on all of them
     roof["read_GBps"] = _native.read_bandwidth(0.5, threads) / 1e9  # every thread streaming, as the kernels do
     peaks = {}
-    for ins in ("vpmaddubsw", "vpdpbusd", "vpdpbusd512"):
+    for ins in ("vpmaddubsw", "vpdpbusd", "vpdpbusd512", "vpshufb"):
         try:
             # the best of three: a ceiling is the highest rate the instruction reaches, and a neighbour on a shared
             # machine only ever lowers a probe
@@ -253,7 +257,8 @@ def format_table(s: Dict) -> str:
     r = s["roofline"]
     lines = [f"roofline ({s['threads']} threads, in this run): read {r['read_GBps']:.1f} GB/s (every thread streaming; "
              f"numpy on one thread: {r['numpy_read_GBps']:.1f}), int8 multiply-add peaks "
-             + ", ".join(f"{k} {v:.0f} G MAC/s" for k, v in r["int8_peak_GMACps"].items()),
+             + ", ".join(f"{k} {v:.0f} G {'lookups' if k == 'vpshufb' else 'MAC'}/s"
+                         for k, v in r["int8_peak_GMACps"].items()),
              f"ternary GEMM over the 2B-4T matrices ({s['ternary_bytes'] / 1e9:.2f} GB of I2_S), by kernel "
              f"(the engine runs {s['kernel']}):",
              f"{'kernel':>12} {'M':>3} {'ms':>8} {'t(M)/t(1)':>9} {'GB/s':>6} {'of read':>7} {'G MAC/s':>8} "

@@ -43,7 +43,7 @@ def read_config(f: GGUFFile, n_ctx: Optional[int] = None) -> Dict:
     return cfg
 
 
-# Forces a small-M ternary kernel ("scalar", "avx2", "avx512_vnni") instead of the one timed fastest at load.
+# Forces a small-M ternary kernel ("scalar", "avx2", "avx512_vnni", "lut") instead of the one timed fastest at load.
 KERNEL_ENV = "LLAMA_MEDUSA_TERNARY_KERNEL"
 _chosen: Dict[int, Tuple[str, Dict[str, float]]] = {}  # threads -> (kernel, seconds per kernel), once per process
 
