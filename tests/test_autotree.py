@@ -357,3 +357,42 @@ def test_auto_keeps_threads_the_user_set_and_says_what_it_would_choose(monkeypat
     a = _auto_threads(monkeypatch, bb, fixed=(1, 1))
     assert a["threads"] == (1, 1) and a["threads_would_choose"][1] == 2
     assert a["choices"] == []  # on (1, 1) no tree pays: plain decoding, at the user's count
+
+
+def test_auto_measures_again_a_stale_curve_of_a_setting_it_does_not_choose(tmp_path, monkeypatch):
+    """A cached curve for one thread setting, measured while the machine was busy elsewhere, is checked against a
+    quick t(1) and t(2) like the chosen setting's, so the search compares fresh figures for every setting."""
+    from llama_medusa.decoder import plan
+
+    monkeypatch.setenv("LLAMA_MEDUSA_CACHE", str(tmp_path))
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x" * 10)
+    bb = _ThreadedBackbone(t1={1: 0.010, 2: 0.007}, batch={1: (0.019, 0.009), 2: (0.0075, 0.0005)})
+
+    class Llm:  # what cost_curve reads of a Llama; the thread counts follow the backbone's setting
+        model_path = str(model)
+
+        class model_params:
+            n_gpu_layers = 0
+
+        backbone = bb
+        n_threads = property(lambda self: bb.threads[0])
+        n_threads_batch = property(lambda self: bb.threads[1])
+
+    bb.measure_verify = lambda sizes, repeats: bb.curve(sizes)
+    bb.set_threads(1, 1)
+    stale = dict(bb.t1), dict(bb.batch)
+    bb.t1[1], bb.batch[1] = 0.001, (0.0011, 0.0001)  # (1, 1) cached at a tenth of its true cost
+    for sizes in ([T for T in plan.SEARCH_SIZES if T <= 63], [T for T in autotree.COST_SIZES if T <= 63]):
+        autotree.cost_curve(Llm(), sizes=sizes)
+    bb.t1, bb.batch = stale
+
+    class Drafter:
+        n_heads = 3
+
+    monkeypatch.setattr(autotree, "heads_time", lambda *a, **k: autotree.HeadsCost(fixed=1e-4))
+    llm = Llm()
+    a = plan._auto(llm, bb, Drafter(), 10, 63, (None, None), lambda **priced: None)
+    one = next(o for o in a["threads_options"] if o["threads"] == (1, 1))
+    assert one["plain_tokens_per_s"] == pytest.approx(1 / 0.010)  # its fresh t(1), not the cached 1 ms
+    assert a["threads"][1] == 2

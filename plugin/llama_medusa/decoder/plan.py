@@ -105,7 +105,9 @@ def _auto(llm, backbone, drafter, top_k: int, max_batch: int, fixed_threads, mak
     for n, nb in settings:
         backbone.set_threads(n, nb)
         sizes = [T for T in (autotree.COST_SIZES if len(settings) == 1 else SEARCH_SIZES) if T <= max_batch]
-        cost = autotree.cost_curve(llm, sizes=sizes, validate=len(settings) == 1)  # the chosen one is, below
+        # every setting's cached curve is checked against a quick t(1) and t(2): one measured while other work
+        # loaded the machine would otherwise steer the search
+        cost = autotree.cost_curve(llm, sizes=sizes)
         options.append(_price(llm, drafter, acc, cost, t_heads, max_batch, texts, make_gate, (n, nb)))
     allowed = [o for o in options if all(f is None or f == v for f, v in zip(fixed_threads, o["threads"]))]
     would, scored = _pick(options)  # what `auto` would choose with every count free

@@ -167,7 +167,7 @@ def cost_curve(llm, sizes: Sequence[int] = COST_SIZES, repeats: int = 7, use_cac
                validate: bool = True) -> Dict[int, float]:
     """Median seconds of one verify pass of T tokens on this backbone (Backbone.measure_verify), cached per model
     file, thread counts, GPU layers and CPU, and used only while a fresh t(1) and t(2) agree with it (validate=False:
-    a cached curve is taken as it is, for comparing settings; the setting then chosen is validated)."""
+    a cached curve is taken as it is)."""
     from ..default_model import cache_dir
 
     key = json.dumps([os.path.basename(llm.model_path), os.path.getsize(llm.model_path), llm.n_threads,
