@@ -62,6 +62,10 @@ void BitnetEngine::quantize_input(const float* x, int M, int K) {
     qsum_.resize(M);
     q_cols_ = K;
     quantize_acts(x, M, K, q8_.data(), qscale_.data(), qsum_.data());
+    if (wants_block_pairs(-1, M)) {
+        q8_pairs_.resize((size_t)M * K);
+        interleave_block_pairs(q8_.data(), M, K, q8_pairs_.data());
+    }
     if (ternary_kernel() == KERNEL_LUT) {  // its tables, once per input as the quantisation
         lut_tables_.resize(lut_table_bytes(M, K));
         lut_tables(q8_.data(), M, K, lut_tables_.data());
@@ -83,9 +87,12 @@ void BitnetEngine::ternary_linear(TernaryWeight& w, int M, float* y) {
         });
         return;
     }
+    const int kernel = ternary_kernel();
+    const int8_t* pairs = wants_block_pairs(kernel, M) ? q8_pairs_.data() : nullptr;
     pool_.run(tasks, [&](int t) {
         const int r0 = t * ROWS_PER_TASK, r1 = std::min(w.rows, r0 + ROWS_PER_TASK);
-        ternary_gemm_rows(w.data, w.cols, r0, r1, w.rows, q8_.data(), qscale_.data(), qsum_.data(), M, w.scale, y);
+        ternary_gemm_rows(w.data, w.cols, r0, r1, w.rows, q8_.data(), qscale_.data(), qsum_.data(), M, w.scale, y,
+                          kernel, pairs);
     });
 }
 

@@ -494,6 +494,7 @@ PYBIND11_MODULE(_native, mod) {
                     max_tables = std::max(max_tables, lut_table_bytes(op.M, op.K));
                 }
             std::vector<uint8_t, CacheAligned<uint8_t>> tables(max_tables);
+            std::vector<int8_t, CacheAligned<int8_t>> pairs;
             ThreadPool pool(std::max(1, n_threads), ENGINE_SPIN);  // as the engine runs its matmuls
             std::vector<float> y(maxNM);
             std::vector<double> ts;
@@ -512,9 +513,15 @@ PYBIND11_MODULE(_native, mod) {
                             });
                             continue;
                         }
+                        const int8_t* qp = nullptr;
+                        if (wants_block_pairs(kern, op.M)) {  // once per input, as the engine does
+                            pairs.resize((size_t)op.M * op.K);
+                            interleave_block_pairs(op.q, op.M, op.K, pairs.data());
+                            qp = pairs.data();
+                        }
                         pool.run(tasks, [&](int t) {
                             ternary_gemm_rows(op.w, op.K, t * 64, std::min(op.N, t * 64 + 64), op.N, op.q, op.s,
-                                              op.sum, op.M, 1.0f, y.data(), kern);
+                                              op.sum, op.M, 1.0f, y.data(), kern, qp);
                         });
                     }
                     if (r) ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -538,8 +545,13 @@ PYBIND11_MODULE(_native, mod) {
                 lut_gemm_rows(packed.data(), K, 0, N, N, tables.data(), scale.data(), sum.data(), M, 1.0f,
                               y.mutable_data());
             } else {
+                std::vector<int8_t> pairs;
+                if (wants_block_pairs(kern, M)) {
+                    pairs.resize((size_t)M * K);
+                    interleave_block_pairs(q.data(), M, K, pairs.data());
+                }
                 ternary_gemm_rows(w.data(), K, 0, N, N, q.data(), scale.data(), sum.data(), M, 1.0f,
-                                  y.mutable_data(), kern);
+                                  y.mutable_data(), kern, pairs.empty() ? nullptr : pairs.data());
             }
             auto yp = y.mutable_unchecked<2>();
             for (int m = 0; m < M; ++m)

@@ -15,6 +15,9 @@ namespace {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define MEDUSA_VNNI 1
 #endif
+#if defined(MEDUSA_VNNI) && defined(__AVX512BW__) && defined(MEDUSA_AVX2)
+#define MEDUSA_VNNI512 1
+#endif
 
 #ifdef MEDUSA_AVX2
 // Each row stream is prefetched this far ahead, one cache line per 64 bytes read. With a few vector operations per
@@ -147,6 +150,86 @@ inline int32_t one_token_row_vnni(const uint8_t* row, int nb, const int8_t* q) {
 }
 #endif
 
+#ifdef MEDUSA_VNNI512
+// c_rows rows against c_mt (1 to 4) tokens on 512-bit vectors: one load takes two blocks of a row, and the
+// activations come pair-interleaved (interleave_block_pairs), so each code group's 64 activation bytes are one
+// aligned load with no join, loaded once per pair of blocks and shared by the tile's rows. Shift decoding as in
+// rows_tile (the masks' four accumulators per row and token would not fit beside 16 activation vectors). An odd
+// last block goes through 256-bit lanes. The same exact int32 sums.
+template <int c_rows, int c_mt>
+inline void rows_tile512(const uint8_t* row, size_t stride, int nb, const int8_t* qp, int K, int32_t* out) {
+    const __m512i mask = _mm512_set1_epi8(3);
+    __m512i acc[c_rows][c_mt];
+    for (int r = 0; r < c_rows; ++r)
+        for (int m = 0; m < c_mt; ++m) acc[r][m] = _mm512_setzero_si512();
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i a[c_mt][4];
+        for (int m = 0; m < c_mt; ++m)
+            for (int g = 0; g < 4; ++g) a[m][g] = _mm512_loadu_si512((const void*)(qp + (size_t)m * K + 128 * b + 64 * g));
+        for (int r = 0; r < c_rows; ++r) {
+            prefetch_ahead(row + r * stride + 32 * b);
+            const __m512i w = _mm512_loadu_si512((const void*)(row + r * stride + 32 * b));
+            const __m512i c[4] = {_mm512_and_si512(_mm512_srli_epi16(w, 6), mask),
+                                  _mm512_and_si512(_mm512_srli_epi16(w, 4), mask),
+                                  _mm512_and_si512(_mm512_srli_epi16(w, 2), mask), _mm512_and_si512(w, mask)};
+            for (int m = 0; m < c_mt; ++m)
+                for (int g = 0; g < 4; ++g) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], c[g], a[m][g]);
+        }
+    }
+    __m256i tail[c_rows][c_mt];
+    for (int r = 0; r < c_rows; ++r)
+        for (int m = 0; m < c_mt; ++m) tail[r][m] = _mm256_setzero_si256();
+    if (b < nb) {  // the odd last block: interleave_block_pairs leaves it in place
+        const __m256i m3 = _mm256_set1_epi8(3);
+        for (int r = 0; r < c_rows; ++r) {
+            const __m256i w = _mm256_loadu_si256((const __m256i*)(row + r * stride + 32 * b));
+            const __m256i c[4] = {_mm256_and_si256(_mm256_srli_epi16(w, 6), m3),
+                                  _mm256_and_si256(_mm256_srli_epi16(w, 4), m3),
+                                  _mm256_and_si256(_mm256_srli_epi16(w, 2), m3), _mm256_and_si256(w, m3)};
+            for (int m = 0; m < c_mt; ++m)
+                for (int g = 0; g < 4; ++g)
+                    tail[r][m] = _mm256_dpbusd_epi32(
+                        tail[r][m], c[g], _mm256_loadu_si256((const __m256i*)(qp + (size_t)m * K + 128 * b + 32 * g)));
+        }
+    }
+    for (int m = 0; m < c_mt; ++m)
+        for (int r = 0; r < c_rows; ++r)
+            out[m * c_rows + r] = hsum256_i32(_mm256_add_epi32(
+                _mm256_add_epi32(_mm512_castsi512_si256(acc[r][m]), _mm512_extracti64x4_epi64(acc[r][m], 1)),
+                tail[r][m]));
+}
+
+// Rows [r, rend) against mt (2 to 4) pair-interleaved tokens: two-row tiles (four for two tokens), then one row.
+template <class Put>
+void rows_in_tiles512(int mt, const uint8_t* w, size_t stride, int nb, const int8_t* qp, int K, int r, int rend,
+                      int32_t* out, Put put) {
+    auto one = [&](auto rows_tag, auto mt_tag) {
+        constexpr int R = decltype(rows_tag)::value, MT = decltype(mt_tag)::value;
+        rows_tile512<R, MT>(w + r * stride, stride, nb, qp, K, out);
+        put(r, R);
+        r += R;
+    };
+    using std::integral_constant;
+    for (; r < rend;) {
+        const bool two = r + 2 <= rend, four = r + 4 <= rend;
+        switch (mt) {
+            case 2:
+                if (four) one(integral_constant<int, 4>(), integral_constant<int, 2>());
+                else one(integral_constant<int, 1>(), integral_constant<int, 2>());
+                break;
+            case 3:
+                if (two) one(integral_constant<int, 2>(), integral_constant<int, 3>());
+                else one(integral_constant<int, 1>(), integral_constant<int, 3>());
+                break;
+            default:
+                if (two) one(integral_constant<int, 2>(), integral_constant<int, 4>());
+                else one(integral_constant<int, 1>(), integral_constant<int, 4>());
+        }
+    }
+}
+#endif
+
 // Rows per multi-row tile for mt tokens (1: the single-row tile; VNNI's one-token rows are one_token_row_vnni).
 // VNNI builds have 32 vector registers, and vpdpbusd's latency wants about eight chains.
 template <bool vnni>
@@ -207,7 +290,12 @@ bool kernel_available(int k) {
         case KERNEL_AVX2: return __builtin_cpu_supports("avx2");
 #endif
 #ifdef MEDUSA_VNNI
-        case KERNEL_VNNI: return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+        case KERNEL_VNNI:
+            return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl")
+#ifdef MEDUSA_VNNI512
+                   && __builtin_cpu_supports("avx512bw")
+#endif
+                ;
 #endif
         case KERNEL_LUT: return lut_available();
         default: return false;
@@ -338,8 +426,29 @@ size_t i2s_find_code3(const uint8_t* data, size_t n) {
     return n;
 }
 
+void interleave_block_pairs(const int8_t* q, int M, int K, int8_t* qp) {
+    for (int m = 0; m < M; ++m) {
+        const int8_t* a = q + (size_t)m * K;
+        int8_t* o = qp + (size_t)m * K;
+        const int pairs = K / 256;
+        for (int p = 0; p < pairs; ++p)
+            for (int h = 0; h < 2; ++h)
+                for (int g = 0; g < 4; ++g) std::memcpy(o + 256 * p + 64 * g + 32 * h, a + 256 * p + 128 * h + 32 * g, 32);
+        std::memcpy(o + 256 * pairs, a + 256 * pairs, K - 256 * pairs);
+    }
+}
+
+bool wants_block_pairs(int kernel, int M) {
+#ifdef MEDUSA_VNNI512
+    return (kernel < 0 ? ternary_kernel() : kernel) == KERNEL_VNNI && M >= 2;
+#else
+    (void)kernel, (void)M;
+    return false;
+#endif
+}
+
 void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
-                       const int32_t* qsum, int M, float wscale, float* y, int kernel) {
+                       const int32_t* qsum, int M, float wscale, float* y, int kernel, const int8_t* q_pairs) {
     if (kernel < 0) kernel = ternary_kernel();
     if (kernel == KERNEL_LUT) kernel = best_kernel();  // the lookup kernel reads re-laid weights: lut_gemm_rows
     [[maybe_unused]] const int nb = K / 128;
@@ -363,7 +472,15 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
             };
             switch (kernel) {
 #ifdef MEDUSA_VNNI
-                case KERNEL_VNNI: rows_in_tiles<true>(mt, w, stride, nb, qa, K, rg, rend, s, put); break;
+                case KERNEL_VNNI:
+#ifdef MEDUSA_VNNI512
+                    if (q_pairs && mt >= 2) {
+                        rows_in_tiles512(mt, w, stride, nb, q_pairs + (size_t)m0 * K, K, rg, rend, s, put);
+                        break;
+                    }
+#endif
+                    rows_in_tiles<true>(mt, w, stride, nb, qa, K, rg, rend, s, put);
+                    break;
 #endif
 #ifdef MEDUSA_AVX2
                 case KERNEL_AVX2: rows_in_tiles<false>(mt, w, stride, nb, qa, K, rg, rend, s, put); break;

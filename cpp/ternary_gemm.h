@@ -46,8 +46,17 @@ void ternary_gemm(const uint8_t* w, const float* wscale, int N, int K, const int
 
 // Ternary GEMM over I2_S bytes for rows [r0, r1) and M quantised tokens: the small-M kernel (AVX2 maddubs, each
 // weight byte loaded once for a tile of up to 8 tokens) with a scalar fallback. Same result as ternary_gemm.
+// q_pairs: the same activations through interleave_block_pairs, where wants_block_pairs says the kernel takes them
+// (VNNI's 512-bit tiles for two tokens or more); nullptr runs the 256-bit tiles.
 void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
-                       const int32_t* qsum, int M, float wscale, float* y, int kernel = -1);
+                       const int32_t* qsum, int M, float wscale, float* y, int kernel = -1,
+                       const int8_t* q_pairs = nullptr);
+
+// q [M, K] -> qp [M, K] with each 256 activations (two I2_S blocks) reordered so that code group g of both blocks
+// is 64 contiguous bytes (block 2p's 32, then block 2p+1's): one 512-bit load per group. A trailing odd block
+// stays as it is.
+void interleave_block_pairs(const int8_t* q, int M, int K, int8_t* qp);
+bool wants_block_pairs(int kernel, int M);  // kernel -1: the process's
 
 // The small-M kernels, each giving the same int32 sums: "scalar" (any CPU), "avx2" (maddubs), "avx512_vnni"
 // (vpdpbusd on 256-bit lanes), "lut" (table lookups over re-laid weights, ternary_lut.h; ternary_gemm_rows runs

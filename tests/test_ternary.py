@@ -71,14 +71,22 @@ def test_gemm_rejects_mismatched_shapes():
 def test_no_kernel_runs_past_its_roofline_probe():
     """The probes bound what they claim to bound, on the machine the test runs on: at BitNet-2B-4T's shapes (8
     layers, 139 MB of weights, beyond the caches), M = 1 streams no faster than read_bandwidth and M = 2..8 multiply
-    no faster than the int8_peak of the kernel's instruction. The slack (15%) covers timing noise between the two
-    measurements on a shared VM; a probe that measured the wrong thing was off by 15-23% (a kernel at 115-123%)."""
+    no faster than the int8_peak of the instruction the kernel uses at that M. The slack (15%) covers timing noise
+    between the two measurements on a shared VM; a probe that measured the wrong thing was off by 15-23% (a kernel
+    at 115-123%)."""
     import os
 
-    from llama_medusa.commands.bitnet_bench import KERNEL_INSTRUCTION, LAYER
+    from llama_medusa.commands.bitnet_bench import LAYER, kernel_instruction
 
     threads = os.cpu_count() or 1
     read = _native.read_bandwidth(0.3, threads)
+    peaks = {}
+
+    def peak_of(instruction):  # a ceiling: the best of three probes (a busy neighbour only ever lowers one)
+        if instruction not in peaks:
+            peaks[instruction] = max(_native.int8_peak(0.2, threads, instruction) for _ in range(3))
+        return peaks[instruction]
+
     rng = np.random.default_rng(0)
     mats = [rng.integers(0, 256, (n, k // 4), dtype=np.uint8) & 0xAA for _ in range(8) for n, k in LAYER]
     wbytes = sum(m.nbytes for m in mats)
@@ -86,8 +94,8 @@ def test_no_kernel_runs_past_its_roofline_probe():
     for kernel in _native.ternary_kernels():
         if kernel == "scalar":
             continue
-        peak = _native.int8_peak(0.3, threads, KERNEL_INSTRUCTION[kernel])
         for M in (1, 2, 4, 8):
+            peak = peak_of(kernel_instruction(kernel, M))
             acts = {k: _native.quantize_acts(rng.standard_normal((M, k)).astype(np.float32)) for k in {2560, 6912}}
             t = _native.ternary_sequence_timed(mats, acts, threads, 2, kernel)
             if M == 1:

@@ -31,6 +31,14 @@ TOKENS = (1, 2, 4, 8, 16, 64)
 KERNEL_INSTRUCTION = {"avx2": "vpmaddubsw", "avx512_vnni": "vpdpbusd", "lut": "vpshufb"}
 
 
+def kernel_instruction(kernel: str, M: int) -> str:
+    """The instruction whose peak bounds a kernel's GEMM row at M tokens: VNNI multiplies one token on 256-bit
+    lanes and two or more on 512-bit ones (cpp/ternary_gemm.cpp, rows_tile512)."""
+    if kernel == "avx512_vnni" and M >= 2:
+        return "vpdpbusd512"
+    return KERNEL_INSTRUCTION.get(kernel)
+
+
 def gemm_table(n_layers: int, threads: int, rounds: int = 5, kernel: str = None):
     """All n_layers x 4 matrices, distinct (0.52 GB for 30 layers: far beyond the caches), 64-byte aligned as a
     GGUF's tensors are at least 32-byte aligned; per M the median of `rounds` passes, the rounds going over every M
@@ -264,9 +272,9 @@ def format_table(s: Dict) -> str:
              f"{'kernel':>12} {'M':>3} {'ms':>8} {'t(M)/t(1)':>9} {'GB/s':>6} {'of read':>7} {'G MAC/s':>8} "
              f"{'of peak':>7} {'of roofline':>11}"]
     for kernel, rows in s["gemm_by_kernel"].items():
-        peak = r["int8_peak_GMACps"].get(KERNEL_INSTRUCTION.get(kernel))
         t1 = rows[0]["seconds"]
         for g in rows:
+            peak = r["int8_peak_GMACps"].get(kernel_instruction(kernel, g["M"]))
             lines.append(f"{kernel:>12} {g['M']:3d} {g['seconds'] * 1e3:8.1f} {g['seconds'] / t1:9.2f} "
                          f"{g['GBps']:6.1f} {g['GBps'] / r['read_GBps']:7.0%} {g['GMACps']:8.1f} "
                          + (f"{g['GMACps'] / peak:7.0%}" if peak else f"{'':>7}")
