@@ -41,8 +41,10 @@ def open_i2s_gguf(path) -> Optional[GGUFFile]:
         return None  # llama.cpp reports a missing or unreadable file in its own words
     if arch is not None and arch not in ARCHS:
         return None
+    from ..gguf_tensors import reader_of
+
     try:
-        f = GGUFFile(os.fspath(path))
+        f = reader_of(os.fspath(path))  # the parse heads and `auto` reuse (their own reads of the model file)
     except ValueError:
         if arch is None:
             return None  # not ours to judge: llama.cpp reports what is wrong with it
