@@ -62,37 +62,20 @@ void BitnetEngine::quantize_input(const float* x, int M, int K) {
     qsum_.resize(M);
     q_cols_ = K;
     quantize_acts(x, M, K, q8_.data(), qscale_.data(), qsum_.data());
-    if (wants_block_pairs(-1, M)) {
-        q8_pairs_.resize((size_t)M * K);
-        interleave_block_pairs(q8_.data(), M, K, q8_pairs_.data());
-    }
-    if (ternary_kernel() == KERNEL_LUT) {  // its tables, once per input as the quantisation
-        lut_tables_.resize(lut_table_bytes(M, K));
-        lut_tables(q8_.data(), M, K, lut_tables_.data());
-    }
+    q8_inputs_.prepare(-1, q8_.data(), M, K);
 }
 
 void BitnetEngine::ternary_linear(TernaryWeight& w, int M, float* y) {
     if (w.cols != q_cols_) throw std::logic_error("ternary_linear: the quantised input does not fit the weight");
     const int tasks = (w.rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;  // ROWS_PER_TASK: whole lookup tiles
-    if (ternary_kernel() == KERNEL_LUT && lut_tables_.size() == lut_table_bytes(M, w.cols)) {
-        if (w.lut.empty()) {  // re-laid once, the first time this kernel meets the weight
-            w.lut.resize(lut_packed_bytes(w.rows, w.cols));
-            lut_pack(w.data, w.rows, w.cols, w.lut.data());
-        }
-        pool_.run(tasks, [&](int t) {
-            const int r0 = t * ROWS_PER_TASK, r1 = std::min(w.rows, r0 + ROWS_PER_TASK);
-            lut_gemm_rows(w.lut.data(), w.cols, r0, r1, w.rows, lut_tables_.data(), qscale_.data(), qsum_.data(), M,
-                          w.scale, y);
-        });
-        return;
+    if (q8_inputs_.kernel == KERNEL_LUT && w.lut.empty()) {  // re-laid once, the first time that kernel meets it
+        w.lut.resize(lut_packed_bytes(w.rows, w.cols));
+        lut_pack(w.data, w.rows, w.cols, w.lut.data());
     }
-    const int kernel = ternary_kernel();
-    const int8_t* pairs = wants_block_pairs(kernel, M) ? q8_pairs_.data() : nullptr;
     pool_.run(tasks, [&](int t) {
         const int r0 = t * ROWS_PER_TASK, r1 = std::min(w.rows, r0 + ROWS_PER_TASK);
-        ternary_gemm_rows(w.data, w.cols, r0, r1, w.rows, q8_.data(), qscale_.data(), qsum_.data(), M, w.scale, y,
-                          kernel, pairs);
+        ternary_gemm_prepared(w.data, w.lut.data(), w.cols, r0, r1, w.rows, q8_.data(), q8_inputs_, qscale_.data(),
+                              qsum_.data(), M, w.scale, y);
     });
 }
 

@@ -69,8 +69,8 @@ private:
     ThreadPool pool_;
     int n_past_ = 0;
     std::vector<float> kcache_, vcache_;  // [layer][slot][n_head_kv * head_dim]
-    std::vector<int8_t, CacheAligned<int8_t>> q8_, q8_pairs_;  // q8_pairs_: for VNNI's 512-bit tiles, M >= 2
-    std::vector<uint8_t, CacheAligned<uint8_t>> lut_tables_;  // the lookup kernel's tables of q8_
+    std::vector<int8_t, CacheAligned<int8_t>> q8_;
+    KernelInputs q8_inputs_;  // what the kernel reads besides q8_ (VNNI's interleaved copy, the lookup tables)
     std::vector<float> qscale_;
     std::vector<int32_t> qsum_;
     int q_cols_ = 0;

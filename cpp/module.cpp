@@ -481,20 +481,16 @@ PYBIND11_MODULE(_native, mod) {
                 ops.push_back({w.data(), (int)w.shape(0), K, q.data(), qs.data(), qsum.data(), (int)q.shape(0)});
                 maxNM = std::max(maxNM, (size_t)w.shape(0) * q.shape(0));
             }
-            // "lut": the lookup-table kernel over weights re-laid before timing; each matrix's token tables are
-            // built inside the timed pass, as an engine would build them once per quantised input
+            // the lookup kernel's weights are re-laid before timing; each matrix's inputs (VNNI's interleaved copy,
+            // the lookup tables) are prepared inside the timed pass, as the engine prepares them once per input
             const int kern = kernel_of(kernel);
-            const bool lut = kern == KERNEL_LUT;
-            std::vector<std::vector<uint8_t>> packed;
-            size_t max_tables = 0;
-            if (lut)
-                for (const Op& op : ops) {
-                    packed.emplace_back(lut_packed_bytes(op.N, op.K));
-                    lut_pack(op.w, op.N, op.K, packed.back().data());
-                    max_tables = std::max(max_tables, lut_table_bytes(op.M, op.K));
+            std::vector<std::vector<uint8_t>> packed(ops.size());
+            if (kern == KERNEL_LUT)
+                for (size_t i = 0; i < ops.size(); ++i) {
+                    packed[i].resize(lut_packed_bytes(ops[i].N, ops[i].K));
+                    lut_pack(ops[i].w, ops[i].N, ops[i].K, packed[i].data());
                 }
-            std::vector<uint8_t, CacheAligned<uint8_t>> tables(max_tables);
-            std::vector<int8_t, CacheAligned<int8_t>> pairs;
+            KernelInputs inputs;
             ThreadPool pool(std::max(1, n_threads), ENGINE_SPIN);  // as the engine runs its matmuls
             std::vector<float> y(maxNM);
             std::vector<double> ts;
@@ -505,23 +501,10 @@ PYBIND11_MODULE(_native, mod) {
                     for (size_t i = 0; i < ops.size(); ++i) {
                         const Op& op = ops[i];
                         const int tasks = (op.N + 63) / 64;
-                        if (lut) {
-                            lut_tables(op.q, op.M, op.K, tables.data());
-                            pool.run(tasks, [&](int t) {
-                                lut_gemm_rows(packed[i].data(), op.K, t * 64, std::min(op.N, t * 64 + 64), op.N,
-                                              tables.data(), op.s, op.sum, op.M, 1.0f, y.data());
-                            });
-                            continue;
-                        }
-                        const int8_t* qp = nullptr;
-                        if (wants_block_pairs(kern, op.M)) {  // once per input, as the engine does
-                            pairs.resize((size_t)op.M * op.K);
-                            interleave_block_pairs(op.q, op.M, op.K, pairs.data());
-                            qp = pairs.data();
-                        }
+                        inputs.prepare(kern, op.q, op.M, op.K);
                         pool.run(tasks, [&](int t) {
-                            ternary_gemm_rows(op.w, op.K, t * 64, std::min(op.N, t * 64 + 64), op.N, op.q, op.s,
-                                              op.sum, op.M, 1.0f, y.data(), kern, qp);
+                            ternary_gemm_prepared(op.w, packed[i].data(), op.K, t * 64, std::min(op.N, t * 64 + 64),
+                                                  op.N, op.q, inputs, op.s, op.sum, op.M, 1.0f, y.data());
                         });
                     }
                     if (r) ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
@@ -538,21 +521,15 @@ PYBIND11_MODULE(_native, mod) {
             py::array_t<float> y({M, N});
             // per-row scales are applied after: the kernel takes one tensor scale, as I2_S has
             const int kern = kernel_of(kernel);
+            std::vector<uint8_t> packed;
             if (kern == KERNEL_LUT) {
-                std::vector<uint8_t> packed(lut_packed_bytes(N, K)), tables(lut_table_bytes(M, K));
+                packed.resize(lut_packed_bytes(N, K));
                 lut_pack(w.data(), N, K, packed.data());
-                lut_tables(q.data(), M, K, tables.data());
-                lut_gemm_rows(packed.data(), K, 0, N, N, tables.data(), scale.data(), sum.data(), M, 1.0f,
-                              y.mutable_data());
-            } else {
-                std::vector<int8_t> pairs;
-                if (wants_block_pairs(kern, M)) {
-                    pairs.resize((size_t)M * K);
-                    interleave_block_pairs(q.data(), M, K, pairs.data());
-                }
-                ternary_gemm_rows(w.data(), K, 0, N, N, q.data(), scale.data(), sum.data(), M, 1.0f,
-                                  y.mutable_data(), kern, pairs.empty() ? nullptr : pairs.data());
             }
+            KernelInputs inputs;
+            inputs.prepare(kern, q.data(), M, K);
+            ternary_gemm_prepared(w.data(), packed.data(), K, 0, N, N, q.data(), inputs, scale.data(), sum.data(), M,
+                                  1.0f, y.mutable_data());
             auto yp = y.mutable_unchecked<2>();
             for (int m = 0; m < M; ++m)
                 for (int n = 0; n < N; ++n) yp(m, n) *= wscale.data()[n];

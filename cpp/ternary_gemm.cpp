@@ -447,6 +447,29 @@ bool wants_block_pairs(int kernel, int M) {
 #endif
 }
 
+void KernelInputs::prepare(int k, const int8_t* q, int M, int K) {
+    kernel = k < 0 ? ternary_kernel() : k;
+    q_pairs = nullptr;
+    if (wants_block_pairs(kernel, M)) {
+        pairs.resize((size_t)M * K);
+        interleave_block_pairs(q, M, K, pairs.data());
+        q_pairs = pairs.data();
+    }
+    if (kernel == KERNEL_LUT) {
+        tables.resize(lut_table_bytes(M, K));
+        lut_tables(q, M, K, tables.data());
+    }
+}
+
+void ternary_gemm_prepared(const uint8_t* w, const uint8_t* lut_w, int K, int r0, int r1, int N, const int8_t* q,
+                           const KernelInputs& in, const float* qscale, const int32_t* qsum, int M, float wscale,
+                           float* y) {
+    if (in.kernel == KERNEL_LUT)
+        lut_gemm_rows(lut_w, K, r0, r1, N, in.tables.data(), qscale, qsum, M, wscale, y);
+    else
+        ternary_gemm_rows(w, K, r0, r1, N, q, qscale, qsum, M, wscale, y, in.kernel, in.q_pairs);
+}
+
 void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int8_t* q, const float* qscale,
                        const int32_t* qsum, int M, float wscale, float* y, int kernel, const int8_t* q_pairs) {
     if (kernel < 0) kernel = ternary_kernel();

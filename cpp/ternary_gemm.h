@@ -58,6 +58,23 @@ void ternary_gemm_rows(const uint8_t* w, int K, int r0, int r1, int N, const int
 void interleave_block_pairs(const int8_t* q, int M, int K, int8_t* qp);
 bool wants_block_pairs(int kernel, int M);  // kernel -1: the process's
 
+// What a kernel reads besides q, made once per quantised input for the kernel named: VNNI's pair-interleaved copy
+// (two tokens or more) and the lookup kernel's tables. The engine, the timing loop and the test entry point all
+// prepare it here and run the rows through ternary_gemm_prepared.
+struct KernelInputs {
+    int kernel = 0;                    // the kernel these were prepared for
+    const int8_t* q_pairs = nullptr;   // pairs.data() where that kernel takes them
+    std::vector<int8_t, CacheAligned<int8_t>> pairs;
+    std::vector<uint8_t, CacheAligned<uint8_t>> tables;
+    void prepare(int kernel, const int8_t* q, int M, int K);  // kernel -1: the process's
+};
+
+// Rows [r0, r1) with the kernel `in` was prepared for: the lookup kernel over lut_w (lut_pack of w; r0 a multiple of
+// its tile), any other over the I2_S bytes w. Same result as ternary_gemm_rows.
+void ternary_gemm_prepared(const uint8_t* w, const uint8_t* lut_w, int K, int r0, int r1, int N, const int8_t* q,
+                           const KernelInputs& in, const float* qscale, const int32_t* qsum, int M, float wscale,
+                           float* y);
+
 // The small-M kernels, each giving the same int32 sums: "scalar" (any CPU), "avx2" (maddubs), "avx512_vnni"
 // (vpdpbusd on 256-bit lanes), "lut" (table lookups over re-laid weights, ternary_lut.h; ternary_gemm_rows runs
 // the best multiply-add kernel in its place). Available = compiled for this build and supported by this CPU.

@@ -22,7 +22,7 @@ inline int code_at(const uint8_t* row, int k) {
 }  // namespace
 
 void lut_pack(const uint8_t* i2s, int N, int K, uint8_t* packed) {
-    const int tiles = (N + LUT_TILE - 1) / LUT_TILE, quads = K / 4;
+    const int quads = K / 4;
     std::memset(packed, 0, lut_packed_bytes(N, K));
     for (int n = 0; n < N; ++n) {
         const uint8_t* row = i2s + (size_t)n * (K / 4);
@@ -33,7 +33,6 @@ void lut_pack(const uint8_t* i2s, int N, int K, uint8_t* packed) {
             tile[(size_t)u * LUT_TILE + n % LUT_TILE] = (uint8_t)(i0 | i1 << 4);
         }
     }
-    (void)tiles;
 }
 
 void lut_tables(const int8_t* q, int M, int K, uint8_t* tables) {

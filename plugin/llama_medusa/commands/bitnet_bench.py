@@ -67,8 +67,7 @@ def roofline_share(g: Dict, read_GBps: float, peak_GMACps: float) -> float:
     """The share of its roofline a GEMM row reaches: the time the slower of streaming its weights at the read
     bandwidth and multiplying at the instruction's peak would take, over the time it took. Below M = read x 4 /
     peak tokens the weights' read is the bound, above it the multiply-adds."""
-    bound = max(g["GBps"] / read_GBps, g["GMACps"] / peak_GMACps) if peak_GMACps else g["GBps"] / read_GBps
-    return bound
+    return max(g["GBps"] / read_GBps, g["GMACps"] / peak_GMACps) if peak_GMACps else g["GBps"] / read_GBps
 
 
 def decode_speed(path: str, threads: int, n: int = 16, rounds: int = 5) -> Dict:
