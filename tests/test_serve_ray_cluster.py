@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import llama_cpp  # noqa: F401  (before numpy on some images)
 import pytest
@@ -48,8 +49,14 @@ def test_serve_ray_joins_the_cluster_at_ray_address(model_path, tmp_path):
             wait_ready(url, proc, timeout=180)
         except RuntimeError as e:
             pytest.fail(f"{e}:\n" + (tmp_path / "serve.log").read_text()[-3000:])
-        status = subprocess.run([RAY, "status"], capture_output=True, text=True, env=env, timeout=60).stdout
-        assert "1.0/1.0 CPU" in status, status  # the replica runs on the cluster's node, holding its one CPU
+        # the replica runs on the cluster's node, holding its one CPU; `ray status` reports usage a few seconds late
+        deadline = time.monotonic() + 60
+        while True:
+            status = subprocess.run([RAY, "status"], capture_output=True, text=True, env=env, timeout=60).stdout
+            if "1.0/1.0 CPU" in status or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert "1.0/1.0 CPU" in status, status
         prompt = "Q: Name three colours of the rainbow.\nA:"
         body = dict(prompt=prompt, max_tokens=32, temperature=0, repeat_penalty=1.0)  # the server defaults to 1.1
         r = httpx.post(url + "/v1/completions", json=body, timeout=120)
