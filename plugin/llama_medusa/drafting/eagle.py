@@ -53,10 +53,13 @@ class EagleDrafter(PerStepTree):
     def _embed(self, toks) -> np.ndarray:
         return self.embedding.rows(np.asarray(toks))
 
+    def logits(self, g: np.ndarray) -> np.ndarray:
+        """Logits over the draft vocabulary of output features g [n, H] (enough for ranks: a fixed tree)."""
+        return self.layer.logits(np.ascontiguousarray(g, dtype=np.float32))
+
     def probs(self, g: np.ndarray, depth: int) -> np.ndarray:
         """Calibrated softmax over the draft vocabulary of output features g [n, H], for tree level `depth` (1-)."""
-        z = self.layer.logits(np.ascontiguousarray(g, dtype=np.float32))
-        return softmax(z, self.heads.temperature[min(depth, self.n_heads) - 1])
+        return softmax(self.logits(g), self.heads.temperature[min(depth, self.n_heads) - 1])
 
     # ------------------------------------------------------------------ the cache
     def observe(self, states: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -78,10 +81,11 @@ class EagleDrafter(PerStepTree):
 
     # ------------------------------------------------------------------ the tree
     def _level(self, nodes: List[int], toks, parent, depth: int, P: int, feats: Dict[int, np.ndarray],
-               entry: Dict[int, int]):
+               entry: Dict[int, int], calibrated: bool = True):
         """One tree level in one native call: each node's entry (e(token), its parent's output) at position
         P + depth - 2 attends to the cache, its ancestors' entries and itself. Sets feats[node] and entry[node];
-        returns the calibrated child probabilities [len(nodes), draft vocabulary]."""
+        returns the calibrated child probabilities [len(nodes), draft vocabulary] (the logits if not
+        `calibrated`)."""
         base = self.layer.scratch_len
         out = self.layer.level(self._embed([toks[i] for i in nodes]), np.stack([feats[parent[i]] for i in nodes]),
                                np.full(len(nodes), P + depth - 2, np.int32),
@@ -89,7 +93,7 @@ class EagleDrafter(PerStepTree):
         for r, i in enumerate(nodes):
             feats[i] = out[r]
             entry[i] = base + r
-        return self.probs(out, depth)
+        return self.probs(out, depth) if calibrated else self.logits(out)
 
     def grow(self, states: np.ndarray, context: np.ndarray, room: int, max_depth: int):
         """This step's tree and node tokens (node 0 = the root, context[-1]), or a one-node tree when no tree
@@ -108,7 +112,7 @@ class EagleDrafter(PerStepTree):
 
     def fill(self, states: np.ndarray, context: np.ndarray, tree: Tree, k: int) -> List[int]:
         """Tokens of a fixed tree (medusa_choices): each node's children are the top ranks of its own path's
-        draft, level by level."""
+        draft, level by level. Ranks need only the logits: no softmax, and no sort beyond the ranks used."""
         g_root = self.observe(np.asarray(states, np.float32).reshape(-1, self.H), context)
         P = len(context) - 1
         out = [int(context[-1])] + [0] * (len(tree) - 1)
@@ -119,16 +123,24 @@ class EagleDrafter(PerStepTree):
         for d in range(1, tree.depth + 1):
             parents = [i for i in tree.levels[d - 1] if tree.nodes[i].children]
             if d == 1:
-                pc = self.probs(g_root[None, :], 1)
+                pc = self.logits(g_root[None, :])
             else:
-                pc = self._level([i - 1 for i in parents], toks, parent, d, P, feats, entry)
+                pc = self._level([i - 1 for i in parents], toks, parent, d, P, feats, entry, calibrated=False)
             for r, i in enumerate(parents):
-                ranks = np.argsort(-pc[r], kind="stable")[: max(tree.nodes[c].path[-1] for c in tree.nodes[i].children) + 1]
-                ids = self.heads.token_ids(ranks)
+                ids = self.heads.token_ids(top_ranks(pc[r], max(tree.nodes[c].path[-1] for c in tree.nodes[i].children) + 1))
                 for c in tree.nodes[i].children:
                     out[c] = toks[c - 1] = int(ids[tree.nodes[c].path[-1]])
         self.features = {i + 1: f for i, f in feats.items()}  # tree node -> its output feature (root: node 0)
         return out
+
+
+def top_ranks(z: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries of z, largest first (a partial sort: the vocabulary is thousands long)."""
+    if k == 1:
+        return np.array([int(np.argmax(z))])
+    k = min(k, len(z))
+    top = np.argpartition(-z, k - 1)[:k]
+    return top[np.argsort(-z[top], kind="stable")]
 
 
 def _layer(heads: EagleHeads, lm_head: np.ndarray, n_threads: int):
