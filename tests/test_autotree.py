@@ -249,9 +249,9 @@ def test_auto_decodes_plainly_when_the_lookup_replays_below_the_margin(model_pat
 
     from llama_medusa import Llama
     from llama_medusa.drafting import autotree, lookup
-    from llama_medusa.heads.shipped import shipped_heads_for
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
-    heads = shipped_heads_for(model_path)
+    heads = SMOLLM2_HEADS
     curves = {"flat": {T: 0.010 * (1 + 0.3 * (T > 1) + 0.01 * T) for T in autotree.COST_SIZES},
               "linear": {T: 0.010 * T for T in autotree.COST_SIZES}}
     for name, curve in curves.items():

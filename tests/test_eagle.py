@@ -244,6 +244,20 @@ def eagle_path(tmp_path_factory):
     return str(d / "e.safetensors")
 
 
+def test_shipped_eagle_heads_are_the_default_and_exact(model_path, reference):
+    """The product's default path: medusa_heads="auto" takes the EAGLE heads that ship for SmolLM2, with
+    medusa_choices="auto" (the tree priced on this machine's cost curve); greedy identical to stock."""
+    from llama_medusa import Llama
+    from llama_medusa.heads.shipped import SMOLLM2_EAGLE
+
+    m = Llama(model_path, n_ctx=N_CTX, verbose=False, medusa_heads="auto", medusa_lookup=0, **THREADS)
+    assert isinstance(m._medusa.drafter, EagleDrafter) and m._medusa.drafter.heads.source == SMOLLM2_EAGLE
+    assert m._medusa.drafter.heads.meta["train_prompts"] > 3000
+    for user in PROMPTS[:2]:
+        pt, want = reference(user, 80)
+        assert stock_tokens(m, pt, len(want), temp=0.0) == want
+
+
 @pytest.mark.parametrize("choices", ["per-step", "chain-2"])
 def test_greedy_identical_to_stock_and_batches_within_limit(model_path, reference, eagle_path, choices):
     from llama_medusa import Llama

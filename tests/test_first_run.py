@@ -7,7 +7,7 @@ import pytest
 from conftest import THREADS
 
 from llama_medusa import Llama, default_model_path
-from llama_medusa.heads.shipped import SMOLLM2_HEADS, shipped_heads_path
+from llama_medusa.heads.shipped import SMOLLM2_EAGLE, shipped_heads_path
 from llama_medusa.stats import MedusaStats
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
@@ -31,10 +31,10 @@ def test_readme_example_runs(i, capsys):
 
 
 def test_auto_heads_on_the_default_model(model_path):
-    assert shipped_heads_path(model_path) == SMOLLM2_HEADS
+    assert shipped_heads_path(model_path) == SMOLLM2_EAGLE
     llm = Llama(model_path, medusa_heads="auto", medusa_choices="chain-2", medusa_lookup=0, n_ctx=512, verbose=False,
                 **THREADS)
-    assert llm._medusa.drafter.heads.source == SMOLLM2_HEADS
+    assert llm._medusa.drafter.heads.source == SMOLLM2_EAGLE
     llm.create_completion("The three primary colours are", max_tokens=24, temperature=0)
     line = str(llm.medusa_stats)
     assert "passes" in line and "acceptance by depth" in line and "verify" in line
@@ -44,7 +44,7 @@ def test_auto_heads_on_the_default_model(model_path):
 def test_from_default_opens_the_embedded_model_with_its_heads(model_path):
     llm = Llama.from_default(medusa_choices="chain-1", medusa_lookup=0, n_ctx=512, verbose=False, **THREADS)
     assert llm.model_path == default_model_path() == model_path
-    assert llm._medusa.drafter.heads.source == SMOLLM2_HEADS
+    assert llm._medusa.drafter.heads.source == SMOLLM2_EAGLE
     llm.close()
 
 

@@ -282,13 +282,13 @@ def test_embeddings_refused_as_stock_does(model_path):
 def test_verify_batches_stay_within_n_batch(model_path, choices):
     """llama.cpp asserts (and takes the process down) when one decode holds more than n_batch tokens: the cost
     curve, the tree and the lookup branch all stay within it."""
-    from llama_medusa.heads.shipped import shipped_heads_for
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
     pt = llama_cpp.Llama(model_path, vocab_only=True, verbose=False).tokenize(
         chat_prompt(PROMPTS[2]).encode(), special=True)
     ref = stock_tokens(llama_cpp.Llama(model_path, n_ctx=N_CTX, n_batch=8, flash_attn=True, verbose=False,
                                        **THREADS), pt, 60, temp=0.0)
-    llm = Llama(model_path, medusa_heads=shipped_heads_for(model_path), medusa_choices=choices, n_ctx=N_CTX,
+    llm = Llama(model_path, medusa_heads=SMOLLM2_HEADS, medusa_choices=choices, n_ctx=N_CTX,
                 n_batch=8, verbose=False, **THREADS)
     assert medusa_tokens(llm, pt, 60, temp=0.0) == ref
     with pytest.raises(ValueError, match="at most 1 token.*n_batch.*at least 2"):
@@ -302,9 +302,9 @@ def test_pickle_keeps_the_heads_and_the_users_context(model_path, reference):
     with embeddings off and pooling NONE (what the tree context became)."""
     import pickle
 
-    from llama_medusa.heads.shipped import shipped_heads_for
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
-    llm = Llama(model_path, medusa_heads=shipped_heads_for(model_path), medusa_choices="small", n_ctx=N_CTX,
+    llm = Llama(model_path, medusa_heads=SMOLLM2_HEADS, medusa_choices="small", n_ctx=N_CTX,
                 embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, verbose=False, **THREADS)
     copy = pickle.loads(pickle.dumps(llm))
     assert type(copy) is Llama and len(copy.medusa_tree) == len(llm.medusa_tree) == 8
@@ -346,10 +346,11 @@ def test_mismatched_heads_are_rejected(model_path, tmp_path):
 
 
 def test_shipped_heads_with_auto_tree(model_path, reference):
-    """The product's default path: shipped heads, medusa_choices="auto", greedy identical to stock."""
-    from llama_medusa.heads.shipped import shipped_heads_for
+    """The token-conditioned heads that ship beside the default EAGLE heads, medusa_choices="auto": greedy
+    identical to stock."""
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
-    heads = MedusaHeads.load(shipped_heads_for(model_path))
+    heads = MedusaHeads.load(SMOLLM2_HEADS)
     assert heads.hidden_size == 576 and heads.meta.get("top_k_accuracy")
     pt, ref = reference(PROMPTS[1], 160)
     llm = Llama(model_path, medusa_heads=heads, verbose=False, n_ctx=N_CTX, **THREADS)
@@ -371,9 +372,9 @@ def test_generate_needs_a_token(model_path):
 def test_shipped_conditioned_heads_on_a_fixed_tree(model_path, reference):
     """The shipped (token-conditioned) heads on a tree that branches along the top-1 chain: greedy identical to
     stock, with drafts accepted (the heads see the root and their predecessors' drafts)."""
-    from llama_medusa.heads.shipped import shipped_heads_for
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
-    heads = MedusaHeads.load(shipped_heads_for(model_path))
+    heads = MedusaHeads.load(SMOLLM2_HEADS)
     assert heads.conditioned
     pt, ref = reference(PROMPTS[0], 128)
     tree = [[r] for r in range(4)] + [[0, r] for r in range(3)] + [[0, 0, 0]]
@@ -423,9 +424,9 @@ def test_shipped_heads_best_tree_with_lookup(model_path, reference):
     """The acceptance configuration of the bench (a greedy tree of 52 nodes from the shipped heads' accuracies,
     every node conditioned on its own path, plus the lookup branch): identical to stock, over 2 tokens per pass."""
     from llama_medusa.drafting import autotree
-    from llama_medusa.heads.shipped import shipped_heads_for
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
-    heads = MedusaHeads.load(shipped_heads_for(model_path))
+    heads = MedusaHeads.load(SMOLLM2_HEADS)
     tree = [p for p, _ in autotree.grow_tree(autotree.accuracy_table_of(heads, 10), 52)]
     pt, ref = reference(PROMPTS[2], 128)
     llm = Llama(model_path, medusa_heads=heads, medusa_choices=tree, verbose=False, n_ctx=N_CTX, **THREADS)
@@ -438,10 +439,10 @@ def test_lookup_alone_with_the_models_answers(model_path, reference):
     curve whose second token is expensive: steps speculate only where the context or the model's earlier answers
     (stored in the shipped heads) make a draft likely; greedy output identical to stock, answer tokens accepted,
     and far fewer lookup tokens verified than an ungated branch would."""
-    from llama_medusa.heads.shipped import shipped_heads_for
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
     pt, ref = reference(PROMPTS[1], 128)
-    heads = MedusaHeads.load(shipped_heads_for(model_path))
+    heads = MedusaHeads.load(SMOLLM2_HEADS)
     assert heads.answers is not None and len(heads.answers) > 100_000
     llm = Llama(model_path, medusa_heads=heads, medusa_choices=[], verbose=False, n_ctx=N_CTX, **THREADS)
     old = llm._medusa.lookup

@@ -49,9 +49,12 @@ def test_unpriced_tree_fills_max_nodes():
 
 @pytest.mark.parametrize("max_batch", [6, 12])
 def test_shipped_heads_per_step_identical_to_stock(model_path, reference, max_batch):
+    """The token-conditioned heads that ship for SmolLM2 grow a tree every step (the EAGLE heads' own test is in
+    test_eagle.py)."""
     from llama_medusa import Llama
+    from llama_medusa.heads.shipped import SMOLLM2_HEADS
 
-    m = Llama(model_path, n_ctx=N_CTX, verbose=False, medusa_heads="auto", medusa_choices="per-step",
+    m = Llama(model_path, n_ctx=N_CTX, verbose=False, medusa_heads=SMOLLM2_HEADS, medusa_choices="per-step",
               medusa_max_batch=max_batch, medusa_lookup=0, **THREADS)
     drafter = m._medusa.drafter
     assert drafter.can_grow and m._medusa.dynamic

@@ -13,10 +13,13 @@ from typing import Optional
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 
+# EAGLE draft heads, the default (`medusa_heads="auto"`); the token-conditioned heads ship beside them, loadable
+# by path (and the plain heads the GPU module evaluates are their blocks)
+SMOLLM2_EAGLE = os.path.join(DATA, "smollm2-135m-instruct.eagle.safetensors")
 SMOLLM2_HEADS = os.path.join(DATA, "smollm2-135m-instruct.heads.safetensors")
 # identity (see identity()) -> heads file
 SHIPPED = {
-    ("llama", 30, 576, 9, 3, 49152, "381c4c76a3b0ae34"): SMOLLM2_HEADS,
+    ("llama", 30, 576, 9, 3, 49152, "381c4c76a3b0ae34"): SMOLLM2_EAGLE,
 }
 
 KNOWN = "SmolLM2-135M-Instruct, in any weight type and under any file name"
