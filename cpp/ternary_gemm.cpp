@@ -181,9 +181,9 @@ struct Decode512 {
 // c_rows rows against c_mt (1 to 8) tokens on 512-bit vectors: one load takes two blocks of a row, and the
 // activations come pair-interleaved (interleave_block_pairs), so each code group's 64 activation bytes are one
 // aligned load with no join. The code group is the outer loop: only that group's c_mt activation vectors are live
-// beside the c_rows x c_mt accumulators, so two rows take eight tokens in one pass over them (eight tokens as two
-// tiles of four were 13% slower over 2B-4T's matrices). An odd last block goes through 256-bit lanes. The same
-// exact int32 sums.
+// beside the c_rows x c_mt accumulators, so two rows take up to eight tokens in one pass over them (six tokens as
+// tiles of four and two were a fifth slower over 2B-4T's matrices). An odd last block goes through 256-bit lanes.
+// The same exact int32 sums.
 template <int c_rows, int c_mt>
 inline void rows_tile512(const uint8_t* row, size_t stride, int nb, const int8_t* qp, int K, int32_t* out) {
     const Decode512 dec;
