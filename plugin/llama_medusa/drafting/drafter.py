@@ -102,8 +102,8 @@ class HeadsDrafter(PerStepTree):
     # ------------------------------------------------------------------ the per-step tree
     @property
     def can_grow(self) -> bool:
-        """Token-conditioned heads that share the backbone's projection (the shipped kind) give each node's
-        children from its own path with probabilities, which a per-step tree needs."""
+        """Token-conditioned heads that share the backbone's projection (the kind that ships beside the EAGLE heads)
+        give each node's children from its own path with probabilities, which a per-step tree needs."""
         return self.heads.conditioned and all(p is None for p in self.heads.proj)
 
     def probs(self, hidden: np.ndarray, emb: np.ndarray, head: int) -> np.ndarray:
