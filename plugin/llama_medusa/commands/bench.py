@@ -230,8 +230,7 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
     the depth the loaded heads can fill."""
     from ..drafting import autotree
     from ..drafting.tree import resolve_choices
-    from ..heads import MedusaHeads
-    from ..heads.eagle import EagleHeads, is_eagle
+    from ..heads import load_heads
     from ..llama import Llama
 
     out = []
@@ -245,7 +244,7 @@ def run_sweep(model, heads, prompts, max_tokens, trees, common, stock, n_heads, 
         choice, lk = entry if isinstance(entry, tuple) else (entry, lookup)
         if isinstance(choice, str) and choice.startswith("grown-"):
             if acc is None:  # the accuracies stored in either kind of heads file
-                acc = autotree.accuracy_table_of((EagleHeads if is_eagle(heads) else MedusaHeads).load(heads), 10)
+                acc = autotree.accuracy_table_of(load_heads(heads), 10)
             paths = [p for p, _ in autotree.grow_tree(acc, int(choice[6:]))]
         else:
             paths = [p for p in resolve_choices(choice) if len(p) <= n_heads]

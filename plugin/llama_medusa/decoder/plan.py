@@ -14,8 +14,8 @@ from ..drafting.drafter import HeadsDrafter
 from ..drafting.eagle import EagleDrafter
 from ..drafting.lookup import LookupGate
 from ..drafting.tree import Tree
-from ..heads import MedusaHeads
-from ..heads.eagle import EagleHeads, is_eagle
+from ..heads import MedusaHeads, load_heads
+from ..heads.eagle import EagleHeads
 from .speculation import Speculation
 
 # Thread settings other than the chosen one are compared on these sizes only: trees past 16 nodes never pay on a
@@ -29,8 +29,8 @@ def drafter_for(llm, backbone, medusa_heads, proj_dtype: str, device: str):
         return medusa_heads
     if device not in ("auto", "cpu", "gpu"):
         raise ValueError(f"medusa_device must be 'auto', 'cpu' or 'gpu', got {device!r}")
-    if isinstance(medusa_heads, EagleHeads) or (not isinstance(medusa_heads, MedusaHeads) and is_eagle(medusa_heads)):
-        heads = medusa_heads if isinstance(medusa_heads, EagleHeads) else EagleHeads.load(medusa_heads)
+    heads = medusa_heads if isinstance(medusa_heads, (MedusaHeads, EagleHeads)) else load_heads(medusa_heads)
+    if isinstance(heads, EagleHeads):
         if device == "gpu":
             raise ValueError(f"EAGLE heads {heads.source} run on the CPU only: use medusa_device='cpu' or 'auto'")
         heads.check_model(backbone.n_embd, llm._n_vocab)
@@ -38,7 +38,6 @@ def drafter_for(llm, backbone, medusa_heads, proj_dtype: str, device: str):
         if proj is None:
             proj = read_output_matrix(llm.model_path)
         return EagleDrafter(heads, backbone.token_embedding(), proj)
-    heads = medusa_heads if isinstance(medusa_heads, MedusaHeads) else MedusaHeads.load(medusa_heads)
     engine = heads.engine(
         llm.model_path, backbone.n_embd, llm._n_vocab, proj_dtype, n_threads=llm.n_threads_batch,
         backbone_proj=backbone.projection(heads), device=backbone.heads_device(device, heads),
