@@ -1,4 +1,4 @@
-"""The `llama-medusa` command: bench (the main job), train, serve and the converters."""
+"""The `llama-medusa` command: bench (the main job), walk, train, serve and the converters."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,15 @@ def main(argv=None) -> int:
                                          "joins the report (default: llama-bench if it is on PATH)")
     b.add_argument("--n-gpu-layers", type=int, default=0,
                    help="layers offloaded by a GPU build of llama-cpp-python (-1: all); heads then run on the GPU")
+
+    w = sub.add_parser("walk", help="tokens per pass of the heads alone, offline, over the model's greedy answers "
+                                    "to prompts never trained on (fixed trees and the per-step tree)")
+    w.add_argument("--model", help="GGUF model (default: the embedded SmolLM2)")
+    w.add_argument("--heads", help="comma-separated heads files (default: the heads shipped for the model)")
+    w.add_argument("--prompts", help="text file, one prompt per line (default: the built-in validation prompts)")
+    w.add_argument("--max-tokens", type=int, default=200, help="greedy answer length per prompt (default 200)")
+    w.add_argument("--nodes", default="16,63", help="node budgets of the per-step tree (default 16,63)")
+    w.add_argument("--json", help="also write the rows to this JSON file")
 
     t = sub.add_parser("train", help="fit heads for a GGUF model by self-distillation (numpy, Adam)")
     t.add_argument("--model", help="GGUF model (default: the embedded SmolLM2)")
@@ -121,6 +130,10 @@ def main(argv=None) -> int:
             from .serve_bench import main as serve_bench_main
 
             return serve_bench_main(args)
+        if args.cmd == "walk":
+            from .walk import main as walk_main
+
+            return walk_main(args)
         if args.cmd == "bench":
             from .bench import main as bench_main
 

@@ -82,39 +82,3 @@ def table(res: Dict) -> str:
                    f"{r['speedup_min']:.2f}x | {r['draft_ms_per_step']:.2f} ({r['draft_vs_t1']:.0%}) | "
                    f"{r['identical']} |")
     return "\n".join(out)
-
-
-def offline_walk(drafter, texts, tree, k: int = 10) -> Dict[str, float]:
-    """Tokens per pass of the heads alone over greedy answers, exactly as the decoder would step through them
-    with this fixed tree (greedy verification accepts the longest path that matches the answer; the backbone's
-    token after it is the bonus). texts: (tokens, states, prompt length) from train.collect: the states stand in
-    for the verify pass. Also head 0's top-1 rate over every step. Needs no backbone."""
-    import numpy as np
-
-    steps = tokens = hits0 = 0
-    for toks, states, n_prompt in texts:
-        toks = np.asarray(toks)
-        if hasattr(drafter, "reset"):
-            drafter.reset()
-        p = n_prompt  # the root's position: the first answer token (the decoder's first step is plain)
-        prev = p  # states handed over start here (EAGLE's cache), as after that first plain step
-        while p < len(toks) - 1:
-            context = toks[: p + 1]
-            hidden = states[prev:p] if getattr(drafter, "wants_path_states", False) else states[p - 1]
-            if p == prev:
-                acc = 0  # the first step is plain: the prompt's decode gives no state to draft from
-            else:
-                filled = drafter.fill(hidden, context, tree, k)
-                node, acc = 0, 0
-                while True:
-                    nxt = next((c for c in tree.nodes[node].children
-                                if p + acc + 1 < len(toks) and filled[c] == toks[p + acc + 1]), None)
-                    if nxt is None:
-                        break
-                    node, acc = nxt, acc + 1
-                hits0 += any(filled[c] == toks[p + 1] for c in tree.nodes[0].children[:1]) if p + 1 < len(toks) else 0
-                steps += 1
-                tokens += acc + 1
-            prev = p
-            p += acc + 1
-    return {"tokens_per_pass": tokens / max(steps, 1), "head0_top1": hits0 / max(steps, 1), "steps": steps}

@@ -59,7 +59,7 @@ class EagleDrafter(PerStepTree):
 
     def probs(self, g: np.ndarray, depth: int) -> np.ndarray:
         """Calibrated softmax over the draft vocabulary of output features g [n, H], for tree level `depth` (1-)."""
-        return softmax(self.logits(g), self.heads.temperature[min(depth, self.n_heads) - 1])
+        return softmax(self.logits(g), self.heads.temperature[min(depth, len(self.heads.temperature)) - 1])
 
     # ------------------------------------------------------------------ the cache
     def observe(self, states: np.ndarray, context: np.ndarray) -> np.ndarray:
