@@ -159,23 +159,14 @@ void BitnetEngine::project(const float* hidden, int M, float* logits) {
 }
 
 // Node i attends to committed slots [0, n_past) and to its ancestors-or-self in the batch, in slot order, so its
-// result does not depend on which other nodes share the batch (a tree pass equals sequential decoding).
+// result does not depend on which other nodes share the batch (a tree pass equals sequential decoding). The query
+// heads that share a KV head read its cache once (attend_all).
 void BitnetEngine::attention(int layer, const float* q, const int32_t* parents, int M, float* out) {
-    const int hd = c_.n_embd / c_.n_head, nkv = c_.n_head_kv, G = c_.n_head / nkv, kvw = nkv * hd;
-    const float* K = kcache_.data() + (size_t)layer * c_.n_ctx * kvw;
-    const float* Vc = vcache_.data() + (size_t)layer * c_.n_ctx * kvw;
-    const float scale = 1.0f / std::sqrt((float)hd);
-    pool_.run(M * c_.n_head, [&](int task) {
-        const int i = task / c_.n_head, h = task % c_.n_head, hk = h / G;
-        // Scratch reused across calls (a decode step runs n_head x n_layer of these tasks per token).
-        thread_local std::vector<int> slots;
-        thread_local std::vector<float> s;
-        slots.clear();
-        for (int j = i; j >= 0; j = parents[j]) slots.push_back(n_past_ + j);
-        std::reverse(slots.begin(), slots.end());
-        attend(q + (size_t)i * c_.n_embd + h * hd, K + hk * hd, Vc + hk * hd, kvw, n_past_, slots.data(),
-               (int)slots.size(), hd, scale, out + (size_t)i * c_.n_embd + h * hd, s);
-    });
+    const int hd = c_.n_embd / c_.n_head;
+    thread_local std::vector<uint32_t> anc;
+    ancestor_bits(parents, M, anc);
+    attend_all(q, c_.n_embd, out, anc.data(), M, c_.n_head, c_.n_head_kv, hd, kv_row(kcache_, layer, 0, 0),
+               kv_row(vcache_, layer, 0, 0), (size_t)c_.n_ctx * hd, hd, n_past_, 1.0f / std::sqrt((float)hd), pool_);
 }
 
 void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int32_t* parents, int M, float* hidden,
@@ -204,13 +195,13 @@ void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int3
         ternary_linear(L.wq, M, q.data());
         ternary_linear(L.wk, M, k.data());
         ternary_linear(L.wv, M, v.data());
-        float* Kc = kcache_.data() + (size_t)l * c_.n_ctx * kvw;
-        float* Vc = vcache_.data() + (size_t)l * c_.n_ctx * kvw;
         for (int i = 0; i < M; ++i) {
             rope_neox(&q[(size_t)i * H], c_.n_head, hd, pos[i], c_.rope_theta);
             rope_neox(&k[(size_t)i * kvw], c_.n_head_kv, hd, pos[i], c_.rope_theta);
-            std::copy(&k[(size_t)i * kvw], &k[(size_t)(i + 1) * kvw], Kc + (size_t)(n_past_ + i) * kvw);
-            std::copy(&v[(size_t)i * kvw], &v[(size_t)(i + 1) * kvw], Vc + (size_t)(n_past_ + i) * kvw);
+            for (int hk = 0; hk < c_.n_head_kv; ++hk) {
+                std::copy_n(&k[(size_t)i * kvw + hk * hd], hd, kv_row(kcache_, l, hk, n_past_ + i));
+                std::copy_n(&v[(size_t)i * kvw + hk * hd], hd, kv_row(vcache_, l, hk, n_past_ + i));
+            }
         }
         attention(l, q.data(), parents, M, a.data());
         for (int i = 0; i < M; ++i) rms_norm(&a[(size_t)i * H], L.attn_sub_norm, H, c_.eps, &t[(size_t)i * H]);
@@ -240,22 +231,18 @@ void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int3
 }
 
 void BitnetEngine::commit(const int32_t* idx, int n) {
-    const int kvw = c_.n_head_kv * (c_.n_embd / c_.n_head);
+    const int hd = c_.n_embd / c_.n_head;
     for (int j = 0; j < n; ++j) {
         if (idx[j] < j || (j > 0 && idx[j] <= idx[j - 1]) || n_past_ + idx[j] >= c_.n_ctx)
             throw std::invalid_argument("commit takes increasing batch indices of the last forward");
     }
-    for (int l = 0; l < c_.n_layer; ++l) {
-        float* Kc = kcache_.data() + (size_t)l * c_.n_ctx * kvw;
-        float* Vc = vcache_.data() + (size_t)l * c_.n_ctx * kvw;
-        for (int j = 0; j < n; ++j) {
-            if (idx[j] == j) continue;
-            std::copy(Kc + (size_t)(n_past_ + idx[j]) * kvw, Kc + (size_t)(n_past_ + idx[j] + 1) * kvw,
-                      Kc + (size_t)(n_past_ + j) * kvw);
-            std::copy(Vc + (size_t)(n_past_ + idx[j]) * kvw, Vc + (size_t)(n_past_ + idx[j] + 1) * kvw,
-                      Vc + (size_t)(n_past_ + j) * kvw);
-        }
-    }
+    for (int l = 0; l < c_.n_layer; ++l)
+        for (int hk = 0; hk < c_.n_head_kv; ++hk)
+            for (int j = 0; j < n; ++j) {
+                if (idx[j] == j) continue;
+                std::copy_n(kv_row(kcache_, l, hk, n_past_ + idx[j]), hd, kv_row(kcache_, l, hk, n_past_ + j));
+                std::copy_n(kv_row(vcache_, l, hk, n_past_ + idx[j]), hd, kv_row(vcache_, l, hk, n_past_ + j));
+            }
     n_past_ += n;
 }
 

@@ -68,7 +68,12 @@ private:
     const uint16_t* output_;
     ThreadPool pool_;
     int n_past_ = 0;
-    std::vector<float> kcache_, vcache_;  // [layer][slot][n_head_kv * head_dim]
+    // [layer][KV head][slot][head_dim]: a KV head's rows are one contiguous stream for its attention sweep
+    std::vector<float> kcache_, vcache_;
+    float* kv_row(std::vector<float>& cache, int layer, int hk, int slot) {
+        const int hd = c_.n_embd / c_.n_head;
+        return cache.data() + (((size_t)layer * c_.n_head_kv + hk) * c_.n_ctx + slot) * hd;
+    }
     std::vector<int8_t, CacheAligned<int8_t>> q8_;
     KernelInputs q8_inputs_;  // what the kernel reads besides q8_ (VNNI's interleaved copy, the lookup tables)
     std::vector<float> qscale_;

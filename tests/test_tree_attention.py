@@ -32,10 +32,12 @@ def ancestors(parents):
     return anc
 
 
-@pytest.mark.parametrize("T,prefix,Hq,Hkv", [(1, 7, 4, 2), (5, 0, 4, 4), (40, 13, 6, 2)])
-def test_tree_attention_equals_numpy(T, prefix, Hq, Hkv):
+# (70 nodes: a batch past the 64 kept per query on the stack; 16 query heads a KV head: several sweeps of 16 queries;
+# head size 36: the lanes' scalar tails)
+@pytest.mark.parametrize("T,prefix,Hq,Hkv,D", [(1, 7, 4, 2, 64), (5, 0, 4, 4, 64), (40, 13, 6, 2, 64),
+                                               (70, 9, 4, 2, 64), (3, 21, 16, 1, 64), (4, 11, 4, 2, 36)])
+def test_tree_attention_equals_numpy(T, prefix, Hq, Hkv, D):
     rng = np.random.default_rng(T)
-    D = 64
     parents = [-1] + [int(rng.integers(-1, i)) for i in range(1, T)]
     q = rng.standard_normal((T, Hq, D)).astype(np.float32)
     k = rng.standard_normal((prefix + T, Hkv, D)).astype(np.float32)
@@ -54,6 +56,19 @@ def test_a_node_does_not_depend_on_its_batch():
     tree = _native.tree_attention(q, k, v, ancestors([-1, 0, 0]))  # node 2 is node 0's second child
     alone = _native.tree_attention(q[[0, 2]], k[[*range(7), 7, 9]], v[[*range(7), 7, 9]], ancestors([-1, 0]))
     assert (tree[[0, 2]] == alone).all()
+
+
+@pytest.mark.parametrize("D,Hq,Hkv", [(64, 4, 2), (36, 8, 1), (128, 20, 5)])
+def test_a_slot_weighs_the_same_committed_or_in_the_batch(D, Hq, Hkv):
+    """Node 2 of a chain sees its ancestors as batch slots; decoded after them, as committed slots. Committed slots
+    are scored several rows and queries at a time, batch slots one by one: both give the same bits."""
+    rng = np.random.default_rng(D)
+    q = rng.standard_normal((3, Hq, D)).astype(np.float32)
+    k = rng.standard_normal((20, Hkv, D)).astype(np.float32)
+    v = rng.standard_normal((20, Hkv, D)).astype(np.float32)
+    chain = _native.tree_attention(q, k, v, ancestors([-1, 0, 1]))
+    after = _native.tree_attention(q[2:], k, v, ancestors([-1]))
+    assert (chain[2] == after[0]).all()
 
 
 def test_bad_shapes_are_refused():

@@ -191,6 +191,49 @@ def stock_speed(path: str, threads: int, n: int = 16) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def long_context_speed(engine_path: str, stock_path: str, threads: int, n: int = 1024, tokens: int = 8,
+                       rounds: int = 3) -> Dict:
+    """Decoding after an n-token context, where attention reads n cached keys and values per layer: the engine's
+    single token and 4-node tree pass (median of rounds, each over `tokens` tokens), and stock llama-cpp-python's
+    single token on the same weights converted (flash attention, as every stock run here)."""
+    import llama_cpp
+
+    from ..backbones.i2s.engine import BitnetModel
+
+    prompt = [100 + (i * 7919) % 30000 for i in range(n)]
+    m = BitnetModel(engine_path, n_ctx=n + 64, n_threads=threads)
+    for c in range(0, n, 512):
+        m.forward(prompt[c : c + 512], logits=False)
+        m.commit(range(len(prompt[c : c + 512])))
+    singles, trees = [], []
+    for _ in range(rounds):
+        m.truncate(n)
+        tok = 1000
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            _, lg = m.forward([tok])
+            m.commit([0])
+            tok = int(np.argmax(lg[0]))
+        singles.append((time.perf_counter() - t0) / tokens)
+        m.truncate(n)
+        t0 = time.perf_counter()
+        m.forward([tok] * 4, [-1, 0, 0, 1])
+        trees.append(time.perf_counter() - t0)
+    del m
+    llm = llama_cpp.Llama(stock_path, n_ctx=n + 64, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                          flash_attn=True, verbose=False)
+    llm.eval(prompt)
+    stock = []
+    for _ in range(rounds):
+        llm.n_tokens = n
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            llm.eval([1000])  # which token does not change the time
+        stock.append((time.perf_counter() - t0) / tokens)
+    return {"n": n, "s_per_token": statistics.median(singles), "tree4_s": statistics.median(trees),
+            "stock_s_per_token": statistics.median(stock)}
+
+
 def prompt_speed(engine_path: str, stock_path: str, threads: int, n: int = 512, rounds: int = 3) -> Dict:
     """Prompt processing: tokens/s of one n-token prompt through Llama.eval (n_batch = n, the last token's logits
     only), this engine against stock llama-cpp-python on the same weights converted, alternated, median of rounds."""
@@ -256,6 +299,8 @@ def run(n_layers: int = 30, threads: int = None, log=print, tokenizer_from: str 
             if to == "tq2_0":
                 log("a 512-token prompt: the engine against stock llama.cpp's TQ2_0 ...")
                 s["prompt"] = prompt_speed(src, dst, threads)
+                log("decoding after a 1,024-token context: the engine against stock llama.cpp's TQ2_0 ...")
+                s["long_context"] = long_context_speed(src, dst, threads)
             os.remove(dst)
     return s
 
@@ -296,6 +341,13 @@ def format_table(s: Dict) -> str:
         pp = s["prompt"]
         lines.append(f"a {pp['n']}-token prompt through Llama.eval: engine {pp['engine_tok_s']:.1f} tok/s, stock "
                      f"llama.cpp TQ2_0 {pp['stock_tok_s']:.1f} tok/s ({pp['engine_tok_s'] / pp['stock_tok_s']:.2f}x)")
+    if s.get("long_context") and e:
+        lc = s["long_context"]
+        lines.append(f"after a {lc['n']}-token context: engine {1 / lc['s_per_token']:.2f} tok/s "
+                     f"({lc['s_per_token'] / e['s_per_token']:.2f}x the short context's token), tree pass T=4: "
+                     f"{lc['tree4_s'] / lc['s_per_token']:.2f}x one token; stock llama.cpp TQ2_0 "
+                     f"{1 / lc['stock_s_per_token']:.2f} tok/s ({lc['stock_s_per_token'] / lc['s_per_token']:.2f}x "
+                     "the engine's time)")
     return "\n".join(lines)
 
 
