@@ -18,6 +18,23 @@ void prefix_scores(const float* K, size_t stride, int n, const float* Q, int hd,
     if (p < n) dot_block<1, MC>(K + (size_t)p * stride, stride, Q, hd, hd, S + p, lds);
 }
 
+// Scores of batch slots slots[0 .. n) for up to four queries of one node (the same slots): contiguous pairs of
+// slots two rows at a time, as prefix_scores (a prompt's batch is one run; a tree's chains are runs too).
+template <int MC>
+void batch_scores(const float* K, size_t stride, const int* slots, int n, const float* Q, int hd, float* S,
+                  size_t lds) {
+    int t = 0;
+    while (t < n) {
+        if (t + 1 < n && slots[t + 1] == slots[t] + 1) {
+            dot_block<2, MC>(K + (size_t)slots[t] * stride, stride, Q, hd, hd, S + t, lds);
+            t += 2;
+        } else {
+            dot_block<1, MC>(K + (size_t)slots[t] * stride, stride, Q, hd, hd, S + t, lds);
+            t += 1;
+        }
+    }
+}
+
 // o += sum over t of w[t] * V[slot(t)], one fused multiply-add per element and slot, in t order; the slots are
 // first + t (first >= 0) or slots[t].
 inline void accumulate(float* o, const float* V, size_t stride, int first, const int* slots, const float* w, int cnt,
@@ -72,15 +89,19 @@ void attend_shared(int nq, const float* const* q, float* const* o, const int* no
         with_width(std::min(4, nq - m0), [&](auto mc) {
             prefix_scores<decltype(mc)::value>(K, stride, n_prefix, Q + (size_t)m0 * hd, hd, S + (size_t)m0 * n, n);
         });
+    for (int j0 = 0; j0 < nq;) {  // queries of one node side by side: they see the same batch slots
+        int mc = 1;
+        while (j0 + mc < nq && mc < 4 && node[j0 + mc] == node[j0]) ++mc;
+        with_width(mc, [&](auto m) {
+            batch_scores<decltype(m)::value>(K, stride, tail_of(j0), tails[j0], Q + (size_t)j0 * hd, hd,
+                                             S + (size_t)j0 * n + n_prefix, n);
+        });
+        j0 += mc;
+    }
     for (int j = 0; j < nq; ++j) {
         float* sj = S + (size_t)j * n;
-        for (int p = 0; p < n_prefix; ++p) sj[p] *= scale;
-        for (int t = 0; t < tails[j]; ++t) {
-            float d;
-            dot_f32<1>(K + (size_t)tail_of(j)[t] * stride, Q + (size_t)j * hd, hd, &d);
-            sj[n_prefix + t] = d * scale;
-        }
         len[j] = n_prefix + tails[j];
+        for (int p = 0; p < len[j]; ++p) sj[p] *= scale;
         const float mx = *std::max_element(sj, sj + len[j]);
         float sum = 0.f;
         for (int p = 0; p < len[j]; ++p) {
