@@ -54,3 +54,22 @@ def test_wrong_drafts_give_one_token_a_pass_and_a_cut_answer_stops_the_chain():
     short = list(range(1, 13))  # 7 answer tokens: the second pass can accept only the one left
     r = offline_walk(Scripted(short, True), texts_of(short), Tree([(0,), (0, 0), (0, 0, 0)]))
     assert r["steps"] == 2 and r["tokens_per_pass"] == 3.0  # roots at 6 (3 drafts + bonus) and 10 (1 + bonus)
+
+
+def test_walk_command_on_the_real_model(model_path, tmp_path, capsys):
+    """`llama-medusa walk` from the command line: both shipped heads, fixed and per-step trees, on two prompts."""
+    import json
+
+    from llama_medusa.commands.cli import main as cli
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Name three colours.\nWrite a Python function that adds two numbers.\n")
+    out = tmp_path / "walk.json"
+    assert cli(["walk", "--model", model_path, "--prompts", str(prompts), "--max-tokens", "24", "--nodes", "8", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    heads = {r["heads"].rsplit("/", 1)[-1] for r in rows}
+    assert heads == {"smollm2-135m-instruct.eagle.safetensors", "smollm2-135m-instruct.heads.safetensors"}
+    assert {r["tree"] for r in rows} >= {"mc_sim_7b_63[:16]", "mc_sim_7b_63", "per-step, at most 8 nodes"}
+    for r in rows:
+        assert 1.0 <= r["tokens_per_pass"] <= 1 + r["nodes"] and r["steps"] > 0
+    assert capsys.readouterr().out.count("\n| smollm2-135m-instruct.") == len(rows)

@@ -8,6 +8,7 @@ states stand in for the verify passes. It measures the drafts apart from any mac
 from __future__ import annotations
 
 import json
+import sys
 from typing import Dict, List, Optional, Sequence
 
 
@@ -127,9 +128,11 @@ def main(args) -> int:
 
     prompts = read_prompts(args.prompts) if args.prompts else None
     print("| heads | tree | nodes | tokens/pass | head 0 top-1 | steps |\n|---|---|---|---|---|---|")
+    def log(m):  # table rows on stdout, progress (answering the prompts the first time) on stderr
+        print(m, flush=True, file=sys.stdout if m.startswith("|") else sys.stderr)
+
     rows = run_walk(args.model, args.heads.split(",") if args.heads else [], prompts, args.max_tokens,
-                    [int(x) for x in args.nodes.split(",")], log=lambda m: print(m, flush=True) if m.startswith("|")
-                    else None)
+                    [int(x) for x in args.nodes.split(",")], log=log)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
