@@ -65,7 +65,8 @@ def test_walk_command_on_the_real_model(model_path, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("Name three colours.\nWrite a Python function that adds two numbers.\n")
     out = tmp_path / "walk.json"
-    assert cli(["walk", "--model", model_path, "--prompts", str(prompts), "--max-tokens", "24", "--nodes", "8", "--json", str(out)]) == 0
+    args = ["--prompts", str(prompts), "--max-tokens", "24", "--nodes", "8", "--json", str(out)]
+    assert cli(["walk", "--model", model_path, *args]) == 0
     rows = json.loads(out.read_text())
     heads = {r["heads"].rsplit("/", 1)[-1] for r in rows}
     assert heads == {"smollm2-135m-instruct.eagle.safetensors", "smollm2-135m-instruct.heads.safetensors"}
