@@ -59,7 +59,10 @@ inline void accumulate(float* o, const float* V, size_t stride, int first, const
     }
 #endif
     for (; e < hd; ++e)
-        for (int t = 0; t < cnt; ++t) o[e] = std::fma(w[t], V[(size_t)(first >= 0 ? first + t : slots[t]) * stride + e], o[e]);
+        for (int t = 0; t < cnt; ++t) {
+            const float v = V[(size_t)(first >= 0 ? first + t : slots[t]) * stride + e];
+            o[e] = std::fma(w[t], v, o[e]);
+        }
 }
 
 constexpr int V_BLOCK = 64;  // committed V rows per pass over the queries: 64 x 128 floats stay in L1
