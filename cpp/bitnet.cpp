@@ -160,12 +160,10 @@ void BitnetEngine::project(const float* hidden, int M, float* logits) {
 
 // Node i attends to committed slots [0, n_past) and to its ancestors-or-self in the batch, in slot order, so its
 // result does not depend on which other nodes share the batch (a tree pass equals sequential decoding). The query
-// heads that share a KV head read its cache once (attend_all).
-void BitnetEngine::attention(int layer, const float* q, const int32_t* parents, int M, float* out) {
+// heads that share a KV head read its cache once (attend_all). anc: the batch's ancestor bits (ancestor_bits).
+void BitnetEngine::attention(int layer, const float* q, const uint32_t* anc, int M, float* out) {
     const int hd = c_.n_embd / c_.n_head;
-    thread_local std::vector<uint32_t> anc;
-    ancestor_bits(parents, M, anc);
-    attend_all(q, c_.n_embd, out, anc.data(), M, c_.n_head, c_.n_head_kv, hd, kv_row(kcache_, layer, 0, 0),
+    attend_all(q, c_.n_embd, out, anc, M, c_.n_head, c_.n_head_kv, hd, kv_row(kcache_, layer, 0, 0),
                kv_row(vcache_, layer, 0, 0), (size_t)c_.n_ctx * hd, hd, n_past_, 1.0f / std::sqrt((float)hd), pool_);
 }
 
@@ -186,6 +184,8 @@ void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int3
     }
     std::vector<float> x((size_t)M * H), h((size_t)M * H), q((size_t)M * H), k((size_t)M * kvw), v((size_t)M * kvw),
         a((size_t)M * H), t((size_t)M * H), g((size_t)M * F), u((size_t)M * F);
+    std::vector<uint32_t> anc;  // which batch nodes each node attends to: the same in every layer
+    ancestor_bits(parents, M, anc);
     for (int i = 0; i < M; ++i)
         for (int e = 0; e < H; ++e) x[(size_t)i * H + e] = fp16_to_fp32(tok_embd_[(size_t)tokens[i] * H + e]);
     for (int l = 0; l < c_.n_layer; ++l) {
@@ -203,7 +203,7 @@ void BitnetEngine::forward(const int32_t* tokens, const int32_t* pos, const int3
                 std::copy_n(&v[(size_t)i * kvw + hk * hd], hd, kv_row(vcache_, l, hk, n_past_ + i));
             }
         }
-        attention(l, q.data(), parents, M, a.data());
+        attention(l, q.data(), anc.data(), M, a.data());
         for (int i = 0; i < M; ++i) rms_norm(&a[(size_t)i * H], L.attn_sub_norm, H, c_.eps, &t[(size_t)i * H]);
         quantize_input(t.data(), M, H);
         ternary_linear(L.wo, M, a.data());

@@ -60,7 +60,7 @@ private:
     // do gate and up: quantised once).
     void quantize_input(const float* x, int M, int K);
     void ternary_linear(TernaryWeight& w, int M, float* y);
-    void attention(int layer, const float* q, const int32_t* parents, int M, float* out);
+    void attention(int layer, const float* q, const uint32_t* anc, int M, float* out);
     BitnetConfig c_;
     std::vector<BitnetLayer> layers_;
     const uint16_t* tok_embd_;

@@ -76,12 +76,10 @@ void attend_shared(int nq, const float* const* q, float* const* o, const int* no
     s.resize((size_t)nq * n + (size_t)nq * hd);
     float* S = s.data();  // [nq][n]: query j's scores, then its weights, in its slot order
     float* Q = S + (size_t)nq * n;  // the queries side by side
-    int len[ATTEND_QUERIES], tail[ATTEND_QUERIES][64];  // batch slots each query attends to (a tree's up to 64)
+    thread_local std::vector<int> tail;  // [nq][n_batch]: the batch slots each query attends to, in slot order
+    tail.resize((size_t)nq * n_batch);
     int tails[ATTEND_QUERIES];
-    thread_local std::vector<int> long_tails;  // prompt chunks: batches past 64 nodes
-    const bool wide = n_batch > 64;
-    if (wide) long_tails.assign((size_t)nq * n_batch, 0);
-    auto tail_of = [&](int j) { return wide ? long_tails.data() + (size_t)j * n_batch : tail[j]; };
+    auto tail_of = [&](int j) { return tail.data() + (size_t)j * n_batch; };
     for (int j = 0; j < nq; ++j) {
         std::copy(q[j], q[j] + hd, Q + (size_t)j * hd);
         tails[j] = 0;
@@ -103,15 +101,15 @@ void attend_shared(int nq, const float* const* q, float* const* o, const int* no
     }
     for (int j = 0; j < nq; ++j) {
         float* sj = S + (size_t)j * n;
-        len[j] = n_prefix + tails[j];
-        for (int p = 0; p < len[j]; ++p) sj[p] *= scale;
-        const float mx = *std::max_element(sj, sj + len[j]);
+        const int len = n_prefix + tails[j];
+        for (int p = 0; p < len; ++p) sj[p] *= scale;
+        const float mx = *std::max_element(sj, sj + len);
         float sum = 0.f;
-        for (int p = 0; p < len[j]; ++p) {
+        for (int p = 0; p < len; ++p) {
             const float z = sj[p] - mx;
             sum += (sj[p] = z < -104.f ? 0.f : std::exp(z));  // expf is 0 there too, without its errno path
         }
-        for (int p = 0; p < len[j]; ++p) sj[p] /= sum;
+        for (int p = 0; p < len; ++p) sj[p] /= sum;
         std::fill(o[j], o[j] + hd, 0.f);
     }
     for (int p0 = 0; p0 < n_prefix; p0 += V_BLOCK)

@@ -16,7 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -70,6 +70,18 @@ def roofline_share(g: Dict, read_GBps: float, peak_GMACps: float) -> float:
     return max(g["GBps"] / read_GBps, g["GMACps"] / peak_GMACps) if peak_GMACps else g["GBps"] / read_GBps
 
 
+def greedy_tokens(m, n_past: int, tok: int, n: int) -> Tuple[float, int]:
+    """n greedy single tokens on the engine from n_past cached positions, starting at tok: (seconds per token,
+    the last token chosen)."""
+    m.truncate(n_past)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _, lg = m.forward([tok])
+        m.commit([0])
+        tok = int(np.argmax(lg[0]))
+    return (time.perf_counter() - t0) / n, tok
+
+
 def decode_speed(path: str, threads: int, n: int = 16, rounds: int = 5) -> Dict:
     """Single-token decode (median over rounds of n tokens) and tree passes of T nodes, each timed right after a
     round of single tokens and reported as the median of its ratio to that round's token: on a shared machine the
@@ -83,13 +95,8 @@ def decode_speed(path: str, threads: int, n: int = 16, rounds: int = 5) -> Dict:
     m.commit(range(len(prompt)))
     tok, singles, ratios = 1000, [], {T: [] for T in (4, 16, 64)}
     for _ in range(rounds):
-        m.truncate(len(prompt))
-        t0 = time.perf_counter()
-        for _ in range(n):
-            _, lg = m.forward([tok])
-            m.commit([0])
-            tok = int(np.argmax(lg[0]))
-        singles.append((time.perf_counter() - t0) / n)
+        s, tok = greedy_tokens(m, len(prompt), tok, n)
+        singles.append(s)
         for T in ratios:
             parents = [-1] + [i // 2 for i in range(T - 1)]  # a binary tree in batch order
             t0 = time.perf_counter()
@@ -207,14 +214,8 @@ def long_context_speed(engine_path: str, stock_path: str, threads: int, n: int =
         m.commit(range(len(prompt[c : c + 512])))
     singles, trees = [], []
     for _ in range(rounds):
-        m.truncate(n)
-        tok = 1000
-        t0 = time.perf_counter()
-        for _ in range(tokens):
-            _, lg = m.forward([tok])
-            m.commit([0])
-            tok = int(np.argmax(lg[0]))
-        singles.append((time.perf_counter() - t0) / tokens)
+        s, tok = greedy_tokens(m, n, 1000, tokens)
+        singles.append(s)
         m.truncate(n)
         t0 = time.perf_counter()
         m.forward([tok] * 4, [-1, 0, 0, 1])

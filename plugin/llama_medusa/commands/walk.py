@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+
 
 def offline_walk(drafter, texts, tree=None, k: int = 10, max_nodes: int = 16, max_depth: int = 8) -> Dict[str, float]:
     """Tokens per pass of the heads alone over greedy answers, exactly as the decoder would step through them
@@ -19,8 +21,6 @@ def offline_walk(drafter, texts, tree=None, k: int = 10, max_nodes: int = 16, ma
     unpriced) of at most `max_nodes` drafted nodes. texts: (tokens, states, prompt length) from train.collect: the
     states stand in for the verify pass. Also head 0's top-1 rate over every step (its likeliest child). Needs no
     backbone."""
-    import numpy as np
-
     steps = tokens = hits0 = nodes = 0
     if tree is None:
         saved = drafter.cost, drafter.max_nodes
@@ -63,17 +63,15 @@ def offline_walk(drafter, texts, tree=None, k: int = 10, max_nodes: int = 16, ma
             "nodes_per_step": nodes / max(steps, 1)}
 
 
-def drafter_from_file(model_path: str, heads_path: str):
-    """The drafter for a heads file of either kind, bound to the GGUF's embeddings and output matrix (no Llama)."""
-    from ..backbones.gguf_tensors import TokenEmbedding, read_output_matrix
+def drafter_from_file(model_path: str, heads_path: str, proj: np.ndarray, emb):
+    """The drafter for a heads file of either kind, bound to the GGUF's output matrix `proj` and token embedding
+    `emb` (read once by the caller for every heads file; no Llama)."""
     from ..drafting.drafter import HeadsDrafter
     from ..drafting.eagle import EagleDrafter
     from ..heads import load_heads
     from ..heads.eagle import EagleHeads
 
     heads = load_heads(heads_path)
-    proj = read_output_matrix(model_path)
-    emb = TokenEmbedding.from_gguf(model_path)
     if isinstance(heads, EagleHeads):
         heads.check_model(proj.shape[1], proj.shape[0])
         return EagleDrafter(heads, emb, proj)
@@ -86,6 +84,7 @@ def run_walk(model: Optional[str], heads: Sequence[str], prompts: Optional[Seque
     """One row per heads file and tree: fixed trees (the first 16 paths of mc_sim_7b_63, all of it; paths deeper
     than the heads are dropped) and the per-step tree at each node budget. Default prompts: the validation prompts,
     never trained on."""
+    from ..backbones.gguf_tensors import TokenEmbedding, read_output_matrix
     from ..default_model import check_model_path, default_model_path
     from ..drafting.tree import MC_SIM_7B_63, Tree
     from ..heads.shipped import SMOLLM2_EAGLE, SMOLLM2_HEADS, shipped_heads_for
@@ -98,10 +97,11 @@ def run_walk(model: Optional[str], heads: Sequence[str], prompts: Optional[Seque
         shipped = shipped_heads_for(model, "--heads")
         heads = [shipped] + ([SMOLLM2_HEADS] if shipped == SMOLLM2_EAGLE else [])
     texts = collect(model, list(prompts or VALIDATION_PROMPTS), max_tokens=max_tokens, log=log)
+    proj, emb = read_output_matrix(model), TokenEmbedding.from_gguf(model)
+    trees = [("mc_sim_7b_63[:16]", MC_SIM_7B_63[:16]), ("mc_sim_7b_63", MC_SIM_7B_63)]
     rows = []
     for path in heads:
-        d = drafter_from_file(model, path)
-        trees = [("mc_sim_7b_63[:16]", MC_SIM_7B_63[:16]), ("mc_sim_7b_63", MC_SIM_7B_63)]
+        d = drafter_from_file(model, path, proj, emb)
         for name, paths in trees:
             t = Tree([p for p in paths if len(p) <= d.n_heads])
             r = offline_walk(d, texts, t)
@@ -128,6 +128,7 @@ def main(args) -> int:
 
     prompts = read_prompts(args.prompts) if args.prompts else None
     print("| heads | tree | nodes | tokens/pass | head 0 top-1 | steps |\n|---|---|---|---|---|---|")
+
     def log(m):  # table rows on stdout, progress (answering the prompts the first time) on stderr
         print(m, flush=True, file=sys.stdout if m.startswith("|") else sys.stderr)
 
