@@ -2,18 +2,7 @@
 import re
 
 from llama_medusa.commands.bench import DEFAULT_PROMPTS
-from llama_medusa.commands.prompts import VALIDATION_PROMPTS, generic_prompts, natural_prompts
-
-# the subject of each validation / bench prompt: no training prompt may ask about it
-HELD_OUT_SUBJECTS = [
-    "center a div", "haiku about a train", "list and a tuple", "saving money", "sky blue", "sky is blue",
-    "top 5 customers", "adopting a dog", "leap year", "World War", "hash table", "refrigerator", "Fibonacci",
-    "cat and a dog", "duplicate values", "guitar", "binary search",
-    "pull request", "forgetful wizard", "mutex", "beach holiday", "phases of the moon", "merges two dictionaries",
-    "healthy heart", "capitalizes the first letter", "butterfly", "bloom filter", "landlord", "Monty Hall",
-    "more than ten employees", "sunscreen", "tic-tac-toe", "backs up a folder", "1984", "presentations",
-    "2D point", "northern lights",
-]
+from llama_medusa.commands.prompts import HELD_OUT_SUBJECTS, VALIDATION_PROMPTS, generic_prompts, natural_prompts
 
 
 def _norm(s: str) -> str:
@@ -70,3 +59,43 @@ def test_prompt_files_in_the_formats_the_field_writes(tmp_path):
         read_prompts(file("e.jsonl", '{"turns": []}\n'))
     with pytest.raises(ValueError, match=r"line 1: the prompt must be a string, got int"):
         read_prompts(file("f.jsonl", '{"prompt": 7}\n'))
+
+
+def test_self_prompts_filter_repeats_held_out_subjects_and_junk():
+    from llama_medusa.commands.self_prompts import keep
+
+    seen: set = set()
+    assert keep("  Can you explain how a bicycle gear works?\n", seen, HELD_OUT_SUBJECTS) == \
+        "Can you explain how a bicycle gear works?"
+    assert keep("can you explain how a BICYCLE gear works", seen, HELD_OUT_SUBJECTS) is None  # a repeat
+    assert keep("Why is the sky blue on a summer day?", seen, HELD_OUT_SUBJECTS) is None  # a validation subject
+    assert keep("Tell me about the Monty Hall problem.", seen, HELD_OUT_SUBJECTS) is None
+    assert keep("Hi", seen, HELD_OUT_SUBJECTS) is None  # too short
+    assert keep("word " * 81, seen, HELD_OUT_SUBJECTS) is None  # too long
+    assert keep("Объясни, как работает велосипед?", seen, HELD_OUT_SUBJECTS) is None  # not the training language
+    assert keep("What is <|im_start|> for?", seen, HELD_OUT_SUBJECTS) is None  # template tokens
+
+
+def test_self_prompts_are_the_models_own_user_turns_seeded_and_cached(model_path, tmp_path, monkeypatch):
+    """The model continues its chat template's user turn (llama.cpp's sampler, seeded): the same seed gives the
+    same prompts from a cold cache, the cache gives them back, and none is about a held-out subject."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from llama_medusa.commands.self_prompts import self_prompts, user_turn_prefix
+
+    llm = Llama(model_path, vocab_only=True, verbose=False)
+    fmt = Jinja2ChatFormatter(llm.metadata["tokenizer.chat_template"], "<|im_end|>", "<|im_start|>")
+    llm.close()
+    assert user_turn_prefix(fmt).endswith("<|im_start|>user\n")
+
+    def draw(cache, n):
+        monkeypatch.setenv("LLAMA_MEDUSA_CACHE", str(tmp_path / cache))
+        return self_prompts(model_path, n, seed=3, parallel=4, log=lambda m: None)
+
+    a = draw("a", 6)
+    assert len(a) == 6 and len({_norm(p) for p in a}) == 6
+    assert draw("b", 6) == a  # seeded
+    assert draw("a", 4) == a[:4]  # read back from the cache
+    for p in a:
+        assert 8 <= len(p) and not any(_norm(s) in _norm(p) for s in HELD_OUT_SUBJECTS), p

@@ -173,6 +173,11 @@ def test_cli_bad_inputs(model_path, tmp_path):
     few.write_text("What is rain?\nWhy is the sky blue?\n")
     r = run_cli("train", "--model", model_path, "--out", out, "--prompts", str(few))
     assert r.returncode == 2 and "need more than 32 prompts" in r.stderr and "got 2" in r.stderr
+    r = run_cli("train", "--model", model_path, "--out", out, "--prompts", str(few), "--init", out)
+    assert r.returncode == 2 and "--init and --lr apply to --type eagle" in r.stderr
+    r = run_cli("train", "--model", model_path, "--out", out, "--prompts", str(few), "--type", "eagle", "--init",
+                random_heads_file(tmp_path))
+    assert r.returncode == 2 and "--init needs an EAGLE heads file" in r.stderr
 
 
 def test_sweep_entries_carry_identity_and_divergences(model_path, stock):

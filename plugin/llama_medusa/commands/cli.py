@@ -69,6 +69,12 @@ def main(argv=None) -> int:
                         "`train` extra)")
     t.add_argument("--max-prompts", type=int, default=None, help="answer only the first N prompts (every k-th of "
                                                                  "the list, so all kinds stay)")
+    t.add_argument("--self-prompts", type=int, default=0,
+                   help="add N requests the model writes itself (Magpie's recipe: its chat template up to a user "
+                        "turn, sampled) to the training prompts; cached, held-out subjects dropped")
+    t.add_argument("--init", help="continue training from this EAGLE heads file (--type eagle; keeps its draft "
+                                  "vocabulary and shape)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (--type eagle; default 1e-3)")
 
     q = sub.add_parser("requantize", help="copy a GGUF into another weight type with llama.cpp's quantize API")
     q.add_argument("src")
@@ -153,11 +159,29 @@ def main(argv=None) -> int:
 
             prompts = prompts or generic_prompts(args.model or default_model_path())
             prompts = prompts[:: max(1, len(prompts) // args.max_prompts)][: args.max_prompts]
+        if args.self_prompts:
+            from .prompts import generic_prompts
+            from .self_prompts import self_prompts
+
+            model = args.model or default_model_path()
+            prompts = (prompts or generic_prompts(model)) + self_prompts(model, args.self_prompts, seed=args.seed,
+                                                                         log=lambda m: print(m, file=sys.stderr))
+        if args.type != "eagle" and (args.init or args.lr is not None):
+            raise ValueError("--init and --lr apply to --type eagle")
         if args.type == "eagle":
             from .train_eagle import train as train_eagle
 
+            init = None
+            if args.init:
+                from ..heads import load_heads
+                from ..heads.eagle import EagleHeads
+
+                init = load_heads(args.init)
+                if not isinstance(init, EagleHeads):
+                    raise ValueError(f"{args.init}: --init needs an EAGLE heads file or checkpoint")
             train_eagle(args.model or default_model_path(), args.out, prompts=prompts, held_out=args.held_out,
                         max_tokens=args.max_tokens or ANSWER_TOKENS, seed=args.seed, epochs=args.epochs,
+                        init=init, lr=args.lr if args.lr is not None else 1e-3,
                         log=lambda m: print(m, file=sys.stderr))
             return 0
         train(args.model or default_model_path(), args.out, n_heads=args.heads, prompts=prompts, held_out=args.held_out,

@@ -282,6 +282,19 @@ VALIDATION_PROMPTS = [
 ]
 
 
+# The subject of each validation / bench prompt: no training prompt may ask about it (a test checks the built-in
+# lists; self_prompts.py drops the model's own requests that do).
+HELD_OUT_SUBJECTS = [
+    "center a div", "haiku about a train", "list and a tuple", "saving money", "sky blue", "sky is blue",
+    "top 5 customers", "adopting a dog", "leap year", "World War", "hash table", "refrigerator", "Fibonacci",
+    "cat and a dog", "duplicate values", "guitar", "binary search",
+    "pull request", "forgetful wizard", "mutex", "beach holiday", "phases of the moon", "merges two dictionaries",
+    "healthy heart", "capitalizes the first letter", "butterfly", "bloom filter", "landlord", "Monty Hall",
+    "more than ten employees", "sunscreen", "tic-tac-toe", "backs up a folder", "1984", "presentations",
+    "2D point", "northern lights",
+]
+
+
 # Keys that hold the prompt in the JSON Lines files the field writes: HumanEval and most sets ("prompt"), MT-bench
 # ("turns": the first turn is the prompt), Alpaca-style ("instruction"), GSM8K-style ("question").
 JSONL_KEYS = ("prompt", "turns", "instruction", "question")

@@ -153,6 +153,36 @@ class _Generator:
         return [(np.array(seqs[s], np.int32), np.concatenate(states[s]), len(prompt_toks[s]))
                 for s in range(len(prompts))]
 
+    def sample(self, prefix: Sequence[int], n: int, sampler, max_tokens: int):
+        """n continuations of the same token prefix, each drawn with llama.cpp's `sampler` chain until an
+        end-of-generation token or max_tokens: (drawn tokens without the end token, whether it ended) each."""
+        lc, llm = self.lc, self.llm
+        if not 0 < len(prefix) <= self.max_prompt:
+            raise ValueError(f"a prefix of {len(prefix)} tokens (1..{self.max_prompt} allowed)")
+        lc.llama_memory_clear(lc.llama_get_memory(llm._ctx.ctx), True)
+        ctx, vocab = llm._ctx.ctx, llm._model.vocab
+        out: List[List[int]] = [[] for _ in range(n)]
+        for s in range(n):
+            for j, t in enumerate(prefix):
+                self._put(j, t, j, s)
+            self._decode(len(prefix))
+            out[s].append(int(lc.llama_sampler_sample(sampler, ctx, len(prefix) - 1)))
+        active = [s for s in range(n) if not lc.llama_vocab_is_eog(vocab, out[s][-1])]
+        while active:
+            for k, s in enumerate(active):
+                self._put(k, out[s][-1], len(prefix) + len(out[s]) - 1, s)
+            self._decode(len(active))
+            still = []
+            for k, s in enumerate(active):
+                if len(out[s]) >= max_tokens:
+                    continue
+                out[s].append(int(lc.llama_sampler_sample(sampler, ctx, k)))
+                if not lc.llama_vocab_is_eog(vocab, out[s][-1]):
+                    still.append(s)
+            active = still
+        ended = [bool(o) and bool(lc.llama_vocab_is_eog(vocab, o[-1])) for o in out]
+        return [(o[:-1] if e else o, e) for o, e in zip(out, ended)]
+
 
 def _silu_grad(a, sig):
     return sig * (1.0 + a * (1.0 - sig))
