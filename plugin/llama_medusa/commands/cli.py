@@ -153,21 +153,21 @@ def main(argv=None) -> int:
         from .prompts import read_prompts
         from .train import ANSWER_TOKENS, train
 
-        prompts = read_prompts(args.prompts) if args.prompts else None
-        if args.max_prompts:
-            from .prompts import generic_prompts
-
-            prompts = prompts or generic_prompts(args.model or default_model_path())
-            prompts = prompts[:: max(1, len(prompts) // args.max_prompts)][: args.max_prompts]
-        if args.self_prompts:
-            from .prompts import generic_prompts
-            from .self_prompts import self_prompts
-
-            model = args.model or default_model_path()
-            prompts = (prompts or generic_prompts(model)) + self_prompts(model, args.self_prompts, seed=args.seed,
-                                                                         log=lambda m: print(m, file=sys.stderr))
         if args.type != "eagle" and (args.init or args.lr is not None):
             raise ValueError("--init and --lr apply to --type eagle")
+        model = args.model or default_model_path()
+        prompts = read_prompts(args.prompts) if args.prompts else None
+        if args.max_prompts or args.self_prompts:
+            from .prompts import generic_prompts
+
+            prompts = prompts or generic_prompts(model)
+        if args.max_prompts:
+            prompts = prompts[:: max(1, len(prompts) // args.max_prompts)][: args.max_prompts]
+        if args.self_prompts:
+            from .self_prompts import self_prompts
+
+            prompts = prompts + self_prompts(model, args.self_prompts, seed=args.seed,
+                                             log=lambda m: print(m, file=sys.stderr))
         if args.type == "eagle":
             from .train_eagle import train as train_eagle
 
@@ -179,12 +179,11 @@ def main(argv=None) -> int:
                 init = load_heads(args.init)
                 if not isinstance(init, EagleHeads):
                     raise ValueError(f"{args.init}: --init needs an EAGLE heads file or checkpoint")
-            train_eagle(args.model or default_model_path(), args.out, prompts=prompts, held_out=args.held_out,
-                        max_tokens=args.max_tokens or ANSWER_TOKENS, seed=args.seed, epochs=args.epochs,
-                        init=init, lr=args.lr if args.lr is not None else 1e-3,
-                        log=lambda m: print(m, file=sys.stderr))
+            train_eagle(model, args.out, prompts=prompts, held_out=args.held_out,
+                        max_tokens=args.max_tokens or ANSWER_TOKENS, seed=args.seed, epochs=args.epochs, init=init,
+                        log=lambda m: print(m, file=sys.stderr), **({} if args.lr is None else {"lr": args.lr}))
             return 0
-        train(args.model or default_model_path(), args.out, n_heads=args.heads, prompts=prompts, held_out=args.held_out,
+        train(model, args.out, n_heads=args.heads, prompts=prompts, held_out=args.held_out,
               max_tokens=args.max_tokens or ANSWER_TOKENS, seed=args.seed, epochs=args.epochs, inner=args.inner,
               soft=args.soft, conditioned=not args.plain, log=lambda m: print(m, file=sys.stderr))
         return 0

@@ -48,15 +48,13 @@ def self_prompts(model_path: str, n: int, seed: int = 0, parallel: int = 16, max
     given seed, so fewer prompts are its first ones, and more are drawn from the start again."""
     import llama_cpp
 
-    from ..default_model import cache_dir
     from .prompts import HELD_OUT_SUBJECTS
-    from .train import _Generator
+    from .train import _Generator, model_cache_dir
 
     if n <= 0:
         return []
-    tag = f"{os.path.basename(model_path)}-{os.path.getsize(model_path)}"
     name = f"self-prompts-{seed}-{temperature:g}-{min_p:g}-{max_tokens}-{parallel}.json"
-    path = os.path.join(cache_dir(), "train", tag, name)
+    path = os.path.join(model_cache_dir(model_path), name)
     if os.path.exists(path):
         with open(path) as f:
             cached = json.load(f)
@@ -78,11 +76,11 @@ def self_prompts(model_path: str, n: int, seed: int = 0, parallel: int = 16, max
         drawn, rounds = 0, 0
         while len(out) < n:
             for toks, ended in gen.sample(prefix, parallel, chain, max_tokens):
-                drawn += 1
                 if len(out) == n:
                     break
-                text = llm.detokenize(toks).decode("utf-8", errors="replace") if ended else ""
-                p = keep(text, seen, HELD_OUT_SUBJECTS) if ended else None
+                drawn += 1
+                p = keep(llm.detokenize(toks).decode("utf-8", errors="replace"), seen, HELD_OUT_SUBJECTS) \
+                    if ended else None  # a turn cut at max_tokens is not a whole request
                 if p is not None:
                     out.append(p)
             rounds += 1
@@ -93,7 +91,6 @@ def self_prompts(model_path: str, n: int, seed: int = 0, parallel: int = 16, max
     finally:
         lc.llama_sampler_free(chain)
         gen.close()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".part", "w") as f:
         json.dump(out, f, indent=0)
     os.replace(path + ".part", path)

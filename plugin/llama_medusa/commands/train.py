@@ -26,6 +26,16 @@ from .prompts import VALIDATION_PROMPTS, generic_prompts, vocab_topics  # noqa: 
 ANSWER_TOKENS = 200  # answer length per training prompt; part of the collection cache key
 
 
+def model_cache_dir(model_path: str) -> str:
+    """Where training keeps what it derives from one model file (answers, self-written prompts): keyed by the
+    file's name and size; created on first use."""
+    from ..default_model import cache_dir
+
+    d = os.path.join(cache_dir(), "train", f"{os.path.basename(model_path)}-{os.path.getsize(model_path)}")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
 def collect(model_path: str, prompts: Sequence[str], max_tokens: int = ANSWER_TOKENS, n_threads: Optional[int] = None,
             parallel: int = 16, log=print):
     """Greedy answers through the model's chat template and their final-norm states, one cached .npz per prompt:
@@ -35,11 +45,7 @@ def collect(model_path: str, prompts: Sequence[str], max_tokens: int = ANSWER_TO
     stock llama-cpp-python's greedy ones (a 500-token multi-prompt batch rounds differently and drifts)."""
     import hashlib
 
-    from ..default_model import cache_dir
-
-    tag = f"{os.path.basename(model_path)}-{os.path.getsize(model_path)}"
-    cdir = os.path.join(cache_dir(), "train", tag)
-    os.makedirs(cdir, exist_ok=True)
+    cdir = model_cache_dir(model_path)
     files = [os.path.join(cdir, hashlib.sha1(f"{max_tokens}\0{p}".encode()).hexdigest() + ".npz") for p in prompts]
     todo = [i for i, f in enumerate(files) if not os.path.exists(f)]
     t0 = time.perf_counter()
