@@ -178,9 +178,14 @@ struct Decode512 {
 #endif
 };
 
+// Keeps v in a register: without it GCC folds the load of an activation vector shared by several rows into every
+// vpdpbusd that reads it, so each is loaded once per row instead of once.
+inline void in_register(__m512i& v) { asm("" : "+v"(v)); }
+
 // c_rows rows against c_mt (1 to 8) tokens on 512-bit vectors: one load takes two blocks of a row, and the
 // activations come pair-interleaved (interleave_block_pairs), so each code group's 64 activation bytes are one
-// aligned load with no join. The code group is the outer loop: only that group's c_mt activation vectors are live
+// aligned load with no join. The code group is the outer loop, and within it each token's activation vector is
+// loaded once and used by every row before the next: only the rows' code vectors and one activation vector are live
 // beside the c_rows x c_mt accumulators, so two rows take up to eight tokens in one pass over them (six tokens as
 // tiles of four and two were a fifth slower over 2B-4T's matrices). An odd last block goes through 256-bit lanes.
 // The same exact int32 sums.
@@ -192,11 +197,12 @@ inline void rows_tile512(const uint8_t* row, size_t stride, int nb, const int8_t
         for (int m = 0; m < c_mt; ++m) acc[r][m] = _mm512_setzero_si512();
     auto group = [&](auto g_tag, const __m512i* w, int b) {
         constexpr int g = decltype(g_tag)::value;
-        __m512i a[c_mt];
-        for (int m = 0; m < c_mt; ++m) a[m] = _mm512_loadu_si512((const void*)(qp + (size_t)m * K + 128 * b + 64 * g));
-        for (int r = 0; r < c_rows; ++r) {
-            const __m512i c = dec.template code<g>(w[r]);
-            for (int m = 0; m < c_mt; ++m) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], c, a[m]);
+        __m512i c[c_rows];
+        for (int r = 0; r < c_rows; ++r) c[r] = dec.template code<g>(w[r]);
+        for (int m = 0; m < c_mt; ++m) {
+            __m512i a = _mm512_loadu_si512((const void*)(qp + (size_t)m * K + 128 * b + 64 * g));
+            if constexpr (c_rows > 1) in_register(a);
+            for (int r = 0; r < c_rows; ++r) acc[r][m] = _mm512_dpbusd_epi32(acc[r][m], c[r], a);
         }
     };
     int b = 0;
